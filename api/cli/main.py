@@ -1,0 +1,294 @@
+"""``falaj``: set up an installation, run governed actions, verify and export the audit log."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from falaj.core.actions import PAYLOADS, Action, ActionKind, TokenCredential
+from falaj.core.config import Settings
+from falaj.core.errors import FalajError
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _plane(settings: Settings | None = None) -> Any:
+    from falaj.core.pipeline import ControlPlane
+
+    try:
+        return ControlPlane.open(settings or _settings())
+    except FalajError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _token(token: str | None) -> TokenCredential:
+    if not token:
+        raise click.UsageError("an API token is needed: pass --token or set FALAJ_TOKEN")
+    return TokenCredential(token)
+
+
+token_option = click.option(
+    "--token", envvar="FALAJ_TOKEN", help="API token (or FALAJ_TOKEN).", show_envvar=True
+)
+tenant_option = click.option("--tenant", envvar="FALAJ_TENANT", required=True, help="Tenant slug (or FALAJ_TENANT).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="falaj")
+def cli() -> None:
+    """Falaj: the governance-first control plane for the machine-learning lifecycle.
+
+    State lives under FALAJ_HOME (default ./.falaj); FALAJ_DATABASE_URL selects PostgreSQL instead of
+    the embedded SQLite file.
+    """
+
+
+@cli.command()
+@click.option("--tenant", default="operator", show_default=True, help="Slug of the operator tenant.")
+@click.option("--display-name", default="Operator", show_default=True, help="Display name of the tenant.")
+@click.option("--admin", default="admin", show_default=True, help="Name of the first admin principal.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def init(tenant: str, display_name: str, admin: str, as_json: bool) -> None:
+    """Create the database, run migrations, create keys, the first tenant and its admin.
+
+    Prints the admin's API token once: store it in a secret manager.
+    """
+    from falaj.core.bootstrap import initialise
+
+    settings = _settings()
+    try:
+        boot = initialise(settings, tenant=tenant, display_name=display_name, admin=admin)
+    except FalajError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps({"tenant": boot.tenant, "admin": boot.admin, "token": boot.token,
+                               "audit_key_id": boot.audit_key_id, "home": str(settings.home)}))
+        return
+    console.print(f"[green]Initialised[/] {settings.home} (database {_redact(settings.database_url)})")
+    console.print(f"Operator tenant [bold]{boot.tenant}[/], admin [bold]{boot.admin}[/]")
+    console.print(f"Audit signing key {boot.audit_key_id}")
+    console.print("Admin API token (shown once, store it now):")
+    click.echo(boot.token)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def plugins(as_json: bool) -> None:
+    """List every plugin: name, source, version, what it provides and its state."""
+    from falaj.core.plugin import create_plugin_manager
+
+    registry = create_plugin_manager()
+    rows = sorted(registry.plugins.values(), key=lambda p: (p.source != "builtin", p.name))
+    if as_json:
+        click.echo(json.dumps([p.__dict__ for p in rows], indent=2))
+        return
+    table = Table(title="Falaj plugins")
+    for column in ("name", "source", "version", "provides", "state"):
+        table.add_column(column)
+    for p in rows:
+        state = "[green]active[/]" if p.state == "active" else f"[red]failed[/]: {p.error}"
+        table.add_row(p.name, p.source, p.version, ", ".join(p.provides) or "-", state)
+    console.print(table)
+
+
+@cli.command()
+def actions() -> None:
+    """List the action kinds and the payload fields each one takes."""
+    table = Table(title="Action kinds")
+    table.add_column("kind")
+    table.add_column("payload fields")
+    for kind in ActionKind:
+        fields = PAYLOADS[kind].model_fields
+        table.add_row(kind.value, ", ".join(
+            (f.alias or name) + ("" if f.is_required() else "?") for name, f in fields.items()
+        ))
+    console.print(table)
+
+
+@cli.command("do")
+@click.argument("kind")
+@tenant_option
+@token_option
+@click.option("--payload", "payload_text", default="{}", help="JSON object, or @FILE to read it from a file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+def do(kind: str, tenant: str, token: str | None, payload_text: str, as_json: bool) -> None:
+    """Run one governed action, e.g. `falaj do dataset.register --tenant acme --payload @ds.json`."""
+    payload = _read_payload(payload_text)
+    plane = _plane()
+    try:
+        result = plane.execute(Action(kind=kind, tenant=tenant, principal=_token(token), payload=payload))
+    finally:
+        plane.close()
+    _print_result(result, as_json)
+    if result.secret:
+        click.echo(result.secret)
+    if not result.ok:
+        sys.exit(1)
+
+
+@cli.group()
+def policy() -> None:
+    """Inspect the policy bundle and explain decisions."""
+
+
+@policy.command("explain")
+@click.argument("kind")
+@tenant_option
+@token_option
+@click.option("--payload", "payload_text", default="{}", help="JSON object, or @FILE.")
+def policy_explain(kind: str, tenant: str, token: str | None, payload_text: str) -> None:
+    """Dry-run an action: print each check's outcome and the rule that decided. Writes nothing."""
+    plane = _plane()
+    try:
+        decision = plane.explain(
+            Action(kind=kind, tenant=tenant, principal=_token(token), payload=_read_payload(payload_text))
+        )
+    finally:
+        plane.close()
+    _print_decision(decision)
+    if not decision.allowed:
+        sys.exit(1)
+
+
+@cli.group()
+def audit() -> None:
+    """Verify and export the tamper-evident audit log."""
+
+
+@audit.command("verify")
+@click.option("--export", "export_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Verify an export folder instead of the live database.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def audit_verify(export_dir: Path | None, as_json: bool) -> None:
+    """Check every event's hash and link, the chain head and every signed checkpoint.
+
+    Exits 1 and names the first bad sequence number if anything was edited, deleted, inserted, reordered
+    or truncated.
+    """
+    from falaj.core.audit.verifier import verify_export
+
+    if export_dir is not None:
+        report = verify_export(export_dir)
+    else:
+        plane = _plane()
+        try:
+            total = plane.audit.head(plane.engine)[0]
+            with _progress() as progress:
+                task = progress.add_task("verifying audit chain", total=total)
+                report = plane.audit.verify(plane.engine, progress=lambda n: progress.advance(task, n))
+                progress.update(task, completed=total)
+        finally:
+            plane.close()
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    elif report.ok:
+        console.print(
+            f"[green]OK[/]: {report.events} events, {report.checkpoints_verified} signed checkpoints verified"
+            + (f" (latest at seq {report.latest_checkpoint})" if report.latest_checkpoint else "")
+        )
+    else:
+        console.print(f"[red]TAMPERED[/]: first bad seq {report.first_bad_seq}: {report.problem}")
+    if not report.ok:
+        sys.exit(1)
+
+
+@audit.command("export")
+@tenant_option
+@token_option
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="New folder to write the export to.")
+def audit_export(tenant: str, token: str | None, out: Path) -> None:
+    """Export the log, the signed checkpoints, the public key and a standalone verifier (governed).
+
+    An auditor verifies it offline with `python verify.py FOLDER` (needs only `cryptography`).
+    """
+    plane = _plane()
+    try:
+        result = plane.execute(Action(kind="audit.export", tenant=tenant, principal=_token(token),
+                                      payload={"destination": str(out)}))
+    finally:
+        plane.close()
+    _print_result(result, False)
+    if not result.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--home", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where the demo keeps its state (default: a new folder under FALAJ_HOME).")
+def demo(home: Path | None) -> None:
+    """Run the governed flow end to end on the embedded default and print a summary."""
+    from falaj.api.cli.demo import run_demo
+
+    sys.exit(run_demo(home, console))
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+def _read_payload(text: str) -> dict[str, Any]:
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text("utf-8")
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {text[1:]}: {exc}", param_hint="--payload") from exc
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from exc
+    if not isinstance(payload, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--payload")
+    return payload
+
+
+def _print_decision(decision: Any) -> None:
+    table = Table(title=f"decision: {decision.verdict}  (bundle {decision.bundle_digest[:19]})")
+    for column in ("check", "outcome", "reason", "rule"):
+        table.add_column(column)
+    colours = {"pass": "green", "fail": "red", "pending": "yellow"}
+    for c in decision.checks:
+        colour = colours.get(str(c.outcome), "white")
+        table.add_row(c.check, f"[{colour}]{c.outcome}[/]", c.reason, c.rule or "")
+    console.print(table)
+
+
+def _print_result(result: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({
+            "operation_id": result.operation_id, "kind": result.kind, "outcome": result.outcome,
+            "decision": result.decision.as_dict(), "data": result.data, "error": result.error,
+            "audit_seq": result.audit_seq,
+        }, indent=2, default=str))
+        return
+    colour = "green" if result.ok else "red"
+    console.print(f"[{colour}]{result.outcome}[/] {result.kind} {result.resource}: {result.message()}")
+    if result.ok and result.data:
+        console.print_json(json.dumps(result.data, default=str))
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False)
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def main() -> None:
+    cli(prog_name="falaj")

@@ -1,0 +1,431 @@
+"""Typed actions: every lifecycle operation is one ``Action`` with a kind and a validated payload.
+
+Each kind names its RBAC resource type and verb (``dataset.register`` -> resource ``dataset``, verb
+``register``) and a pydantic model for its payload. The kinds cover the whole lifecycle; a kind is known
+here even when no handler for it is installed, so that policy, audit and explain can speak about it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,119}$")]
+Role = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+Region = Annotated[str, StringConstraints(min_length=1, max_length=63)]
+Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
+Comment = Annotated[str, StringConstraints(min_length=1, max_length=2000, strip_whitespace=True)]
+Classification = Literal["public", "internal", "personal", "sensitive", "health"]
+BackendKind = Literal["storage", "feature_store", "compute", "serving", "cost"]
+NodeClass = Literal["cpu-smb", "gpu-cluster"]
+Environment = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,31}$")]
+
+
+class Payload(BaseModel):
+    """Base of every payload: unknown fields are refused, strings are not coerced from numbers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class Empty(Payload):
+    pass
+
+
+# -- tenants, principals, tokens, roles ---------------------------------------------------------------
+class TenantCreate(Payload):
+    slug: Slug
+    display_name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    ruleset: Slug = "uae-federal"
+
+
+class TenantUpdate(Payload):
+    slug: Slug
+    display_name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    ruleset: Slug | None = None
+    disabled: bool | None = None
+
+
+class PrincipalCreate(Payload):
+    name: Name
+    kind: Literal["user", "service"] = "user"
+    email: Annotated[str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+$", max_length=254)] | None = None
+    roles: list[Role] = Field(default_factory=list, max_length=16)
+
+
+class PrincipalName(Payload):
+    name: Name
+
+
+class TokenIssue(Payload):
+    principal: Name
+    description: Annotated[str, StringConstraints(max_length=200)] = ""
+    expires_in_days: int | None = Field(default=90, ge=1, le=3650)
+
+
+class TokenRevoke(Payload):
+    prefix: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{12}$")]
+
+
+class RoleChange(Payload):
+    principal: Name
+    role: Role
+
+
+# -- backends -------------------------------------------------------------------------------------------
+class BackendRegister(Payload):
+    name: Name
+    kind: BackendKind
+    plugin: Name
+    region: Region
+    node_class: NodeClass = "cpu-smb"
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class BackendName(Payload):
+    name: Name
+
+
+# -- data, consent, erasure -------------------------------------------------------------------------------
+class DatasetRegister(Payload):
+    name: Name
+    classification: Classification
+    residency: Country
+    legal_basis: Annotated[str, StringConstraints(max_length=63)] | None = None
+    uri: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    storage_backend: Name | None = None
+    schema_: dict[str, str] = Field(default_factory=dict, alias="schema")
+    digest: Digest | None = None
+    subject_column: Name | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class DatasetRetire(Payload):
+    name: Name
+    version: int | None = Field(default=None, ge=1)
+
+
+class ConsentRecordPayload(Payload):
+    subject_id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    purpose: Role
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    granted_at: datetime | None = None
+
+
+class ConsentWithdraw(Payload):
+    subject_id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    purpose: Role
+
+
+class ErasureRequestPayload(Payload):
+    subject_id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class ErasureExecute(Payload):
+    request_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+
+
+# -- features, training ------------------------------------------------------------------------------------
+class FeatureViewApply(Payload):
+    name: Name
+    entities: list[Name] = Field(min_length=1)
+    features: list[dict[str, str]] = Field(min_length=1)
+    ttl_seconds: int | None = Field(default=None, ge=1)
+    source_dataset: Name
+    transformation: str | None = None
+
+
+class FeatureViewMaterialize(Payload):
+    name: Name
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+class FeatureRetrieve(Payload):
+    feature_view: Name
+    purpose: Role
+    mode: Literal["online", "historical"] = "online"
+
+
+class TrainingSubmit(Payload):
+    name: Name
+    backend: Name
+    purpose: Role = "training"
+    inputs: list[Name] = Field(min_length=1)
+    spec: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunRef(Payload):
+    run_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+
+
+# -- models, signing -----------------------------------------------------------------------------------------
+class ModelRegister(Payload):
+    name: Name
+    description: Annotated[str, StringConstraints(max_length=4000)] = ""
+
+
+class ModelVersionRegister(Payload):
+    model: Name
+    artifact_digest: Digest
+    storage_backend: Name
+    training_run_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")] | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    signature_bundle: dict[str, Any] | None = None
+
+
+class ModelAliasSet(Payload):
+    model: Name
+    alias: Role
+    version: int = Field(ge=1)
+
+
+class ArtifactSign(Payload):
+    model: Name
+    version: int = Field(ge=1)
+    key_id: Annotated[str, StringConstraints(min_length=1, max_length=71)]
+
+
+class ArtifactRef(Payload):
+    storage_backend: Name
+    digest: Digest
+
+
+class StorageGc(Payload):
+    storage_backend: Name
+    dry_run: bool = True
+
+
+class SigningKeyRegister(Payload):
+    key_id: Annotated[str, StringConstraints(min_length=1, max_length=71)]
+    owner: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    public_key_pem: Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
+
+
+class SigningKeyRevoke(Payload):
+    key_id: Annotated[str, StringConstraints(min_length=1, max_length=71)]
+
+
+# -- deployments, approvals, serving policy, monitoring ---------------------------------------------------
+class TrafficVariant(Payload):
+    model: Name
+    version: int = Field(ge=1)
+    weight: int = Field(ge=0, le=100)
+    shadow: bool = False
+
+
+class DeploymentRequest(Payload):
+    name: Name
+    environment: Environment
+    runtime_backend: Name
+    traffic: list[TrafficVariant] = Field(min_length=1, max_length=16)
+    human_review_contact: Annotated[str, StringConstraints(max_length=254)] | None = None
+
+
+class DeploymentRef(Payload):
+    name: Name
+
+
+class DeploymentPromote(Payload):
+    name: Name
+    traffic: list[TrafficVariant] = Field(min_length=1, max_length=16)
+
+
+class ApprovalVotePayload(Payload):
+    request_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+    vote: Literal["approve", "reject"]
+    comment: Comment
+
+
+class InferencePolicySet(Payload):
+    deployment: Name
+    automated_decisions: bool = False
+    human_review_contact: Annotated[str, StringConstraints(max_length=254)] | None = None
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+
+
+class MonitoringReport(Payload):
+    deployment: Name
+    metrics: dict[str, float]
+
+
+class RetrainingTrigger(Payload):
+    model: Name
+    reason: Comment
+
+
+class CostRecordPayload(Payload):
+    resource: Annotated[str, StringConstraints(min_length=1, max_length=300)]
+    amount: Decimal = Field(ge=0, max_digits=18, decimal_places=6)
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = "AED"
+    backend: Name | None = None
+
+
+class BudgetSet(Payload):
+    period: Annotated[str, StringConstraints(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
+    limit_amount: Decimal = Field(ge=0, max_digits=18, decimal_places=2)
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = "AED"
+
+
+class ReportExport(Payload):
+    period_start: datetime
+    period_end: datetime
+    format: Literal["json", "csv", "pdf"] = "json"
+
+
+class AuditExport(Payload):
+    destination: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class ActionKind(enum.StrEnum):
+    TENANT_CREATE = "tenant.create"
+    TENANT_UPDATE = "tenant.update"
+    PRINCIPAL_CREATE = "principal.create"
+    PRINCIPAL_DISABLE = "principal.disable"
+    TOKEN_ISSUE = "token.issue"
+    TOKEN_REVOKE = "token.revoke"
+    ROLE_ASSIGN = "role.assign"
+    ROLE_REVOKE = "role.revoke"
+    BACKEND_REGISTER = "backend.register"
+    BACKEND_DISABLE = "backend.disable"
+    DATASET_REGISTER = "dataset.register"
+    DATASET_RETIRE = "dataset.retire"
+    CONSENT_RECORD = "consent.record"
+    CONSENT_WITHDRAW = "consent.withdraw"
+    ERASURE_REQUEST = "erasure.request"
+    ERASURE_EXECUTE = "erasure.execute"
+    FEATURE_VIEW_APPLY = "feature_view.apply"
+    FEATURE_VIEW_MATERIALIZE = "feature_view.materialize"
+    FEATURE_RETRIEVE = "feature.retrieve"
+    TRAINING_SUBMIT = "training.submit"
+    TRAINING_CANCEL = "training.cancel"
+    MODEL_REGISTER = "model.register"
+    MODEL_VERSION_REGISTER = "model_version.register"
+    MODEL_ALIAS_SET = "model_alias.set"
+    ARTIFACT_SIGN = "artifact.sign"
+    ARTIFACT_DELETE = "artifact.delete"
+    ARTIFACT_GC = "artifact.gc"
+    SIGNING_KEY_REGISTER = "signing_key.register"
+    SIGNING_KEY_REVOKE = "signing_key.revoke"
+    DEPLOYMENT_REQUEST = "deployment.request"
+    DEPLOYMENT_ROLLOUT = "deployment.rollout"
+    DEPLOYMENT_PROMOTE = "deployment.promote"
+    DEPLOYMENT_ROLLBACK = "deployment.rollback"
+    DEPLOYMENT_RETIRE = "deployment.retire"
+    APPROVAL_VOTE = "approval.vote"
+    INFERENCE_POLICY_SET = "inference_policy.set"
+    MONITORING_REPORT = "monitoring.report"
+    RETRAINING_TRIGGER = "retraining.trigger"
+    COST_RECORD = "cost.record"
+    BUDGET_SET = "budget.set"
+    REPORT_EXPORT = "report.export"
+    POLICY_RELOAD = "policy.reload"
+    AUDIT_VERIFY = "audit.verify"
+    AUDIT_EXPORT = "audit.export"
+
+    @property
+    def resource_type(self) -> str:
+        return self.value.rpartition(".")[0]
+
+    @property
+    def verb(self) -> str:
+        return self.value.rpartition(".")[2]
+
+
+PAYLOADS: dict[ActionKind, type[Payload]] = {
+    ActionKind.TENANT_CREATE: TenantCreate,
+    ActionKind.TENANT_UPDATE: TenantUpdate,
+    ActionKind.PRINCIPAL_CREATE: PrincipalCreate,
+    ActionKind.PRINCIPAL_DISABLE: PrincipalName,
+    ActionKind.TOKEN_ISSUE: TokenIssue,
+    ActionKind.TOKEN_REVOKE: TokenRevoke,
+    ActionKind.ROLE_ASSIGN: RoleChange,
+    ActionKind.ROLE_REVOKE: RoleChange,
+    ActionKind.BACKEND_REGISTER: BackendRegister,
+    ActionKind.BACKEND_DISABLE: BackendName,
+    ActionKind.DATASET_REGISTER: DatasetRegister,
+    ActionKind.DATASET_RETIRE: DatasetRetire,
+    ActionKind.CONSENT_RECORD: ConsentRecordPayload,
+    ActionKind.CONSENT_WITHDRAW: ConsentWithdraw,
+    ActionKind.ERASURE_REQUEST: ErasureRequestPayload,
+    ActionKind.ERASURE_EXECUTE: ErasureExecute,
+    ActionKind.FEATURE_VIEW_APPLY: FeatureViewApply,
+    ActionKind.FEATURE_VIEW_MATERIALIZE: FeatureViewMaterialize,
+    ActionKind.FEATURE_RETRIEVE: FeatureRetrieve,
+    ActionKind.TRAINING_SUBMIT: TrainingSubmit,
+    ActionKind.TRAINING_CANCEL: RunRef,
+    ActionKind.MODEL_REGISTER: ModelRegister,
+    ActionKind.MODEL_VERSION_REGISTER: ModelVersionRegister,
+    ActionKind.MODEL_ALIAS_SET: ModelAliasSet,
+    ActionKind.ARTIFACT_SIGN: ArtifactSign,
+    ActionKind.ARTIFACT_DELETE: ArtifactRef,
+    ActionKind.ARTIFACT_GC: StorageGc,
+    ActionKind.SIGNING_KEY_REGISTER: SigningKeyRegister,
+    ActionKind.SIGNING_KEY_REVOKE: SigningKeyRevoke,
+    ActionKind.DEPLOYMENT_REQUEST: DeploymentRequest,
+    ActionKind.DEPLOYMENT_ROLLOUT: DeploymentRef,
+    ActionKind.DEPLOYMENT_PROMOTE: DeploymentPromote,
+    ActionKind.DEPLOYMENT_ROLLBACK: DeploymentRef,
+    ActionKind.DEPLOYMENT_RETIRE: DeploymentRef,
+    ActionKind.APPROVAL_VOTE: ApprovalVotePayload,
+    ActionKind.INFERENCE_POLICY_SET: InferencePolicySet,
+    ActionKind.MONITORING_REPORT: MonitoringReport,
+    ActionKind.RETRAINING_TRIGGER: RetrainingTrigger,
+    ActionKind.COST_RECORD: CostRecordPayload,
+    ActionKind.BUDGET_SET: BudgetSet,
+    ActionKind.REPORT_EXPORT: ReportExport,
+    ActionKind.POLICY_RELOAD: Empty,
+    ActionKind.AUDIT_VERIFY: Empty,
+    ActionKind.AUDIT_EXPORT: AuditExport,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCredential:
+    """A bearer API token as presented by a caller. Never printed."""
+
+    token: str = field(repr=False)
+
+    def describe(self) -> str:
+        # Only the public prefix may appear in logs and audit events.
+        parts = self.token.split("_", 2)
+        return f"token:{parts[1]}" if len(parts) == 3 and parts[0] == "flj" else "token:<malformed>"
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalRef:
+    """An in-process identity (a scheduler acting as a service principal), resolved by principal id."""
+
+    principal_id: str
+
+    def describe(self) -> str:
+        return f"principal:{self.principal_id[:32]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """A request to do one lifecycle operation in one tenant, before anything has checked it.
+
+    ``kind`` and ``payload`` arrive raw (strings and plain data) so that an unknown kind or a malformed
+    payload is a denial the pipeline audits, not an exception at the caller.
+    """
+
+    kind: str
+    tenant: str
+    principal: TokenCredential | PrincipalRef
+    payload: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_kind(raw: str) -> ActionKind | None:
+    try:
+        return ActionKind(raw)
+    except ValueError:
+        return None

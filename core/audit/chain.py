@@ -1,0 +1,244 @@
+"""Appending to the hash chain inside the caller's transaction, checkpoints, verification, export."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, select, text
+from sqlalchemy.orm import Session
+
+from falaj.core.audit import verifier
+from falaj.core.audit.verifier import FIELDS, Checkpoint, VerifyReport, checkpoint_message
+from falaj.core.domain import AuditCheckpoint, AuditEvent, AuditHead
+from falaj.core.keys import AuditSigner
+
+HEAD_ID = 1
+WITNESS_FILE = "checkpoints.jsonl"
+_PENDING = "falaj.pending_checkpoints"
+
+
+def canonical_bytes(value: Any) -> bytes:
+    """Canonical JSON, byte-identical to ``verifier.canonical_json`` (tested), about 5x faster."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+
+
+def sha256_digest(value: Any) -> str:
+    return "sha256:" + hashlib.sha256(canonical_bytes(value)).hexdigest()
+
+
+def fast_event_hash(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    tenant: str
+    principal: str
+    action: str
+    resource: str
+    verdict: str
+    outcome: str
+    reasons: list[dict[str, Any]]
+    bundle_digest: str
+    payload_digest: str
+
+
+class AuditLog:
+    """The audit chain of one control-plane database.
+
+    ``append`` must run inside the transaction that carries the state change: it locks the chain head
+    row (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite transactions here start ``IMMEDIATE``), so
+    concurrent writers, in one process or many, extend the chain one after another and never fork it.
+    """
+
+    def __init__(self, signer: AuditSigner | None, witness_dir: Path | None, checkpoint_every: int) -> None:
+        self.signer = signer
+        self.witness_dir = witness_dir
+        self.checkpoint_every = checkpoint_every
+
+    # -- writing ------------------------------------------------------------------------------------------
+    def append(self, session: Session, entry: AuditEntry) -> int:
+        head = session.execute(
+            select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()
+        ).scalar_one_or_none()
+        if head is None:
+            raise RuntimeError("audit head row missing: the database was not migrated (`falaj init`)")
+        fields: dict[str, Any] = {
+            "seq": head.seq + 1,
+            "ts": rfc3339(datetime.now(UTC)),
+            "tenant": entry.tenant,
+            "principal": entry.principal,
+            "action": entry.action,
+            "resource": entry.resource,
+            "verdict": entry.verdict,
+            "outcome": entry.outcome,
+            "reasons": canonical_bytes(entry.reasons).decode("utf-8"),
+            "bundle_digest": entry.bundle_digest,
+            "payload_digest": entry.payload_digest,
+            "prev_hash": head.hash,
+        }
+        digest = fast_event_hash(fields)
+        session.add(AuditEvent(**fields, hash=digest))
+        head.seq = fields["seq"]
+        head.hash = digest
+        if self.signer is not None and head.seq % self.checkpoint_every == 0:
+            self._checkpoint(session, head.seq, digest)
+        return int(head.seq)
+
+    def checkpoint_now(self, session: Session) -> Checkpoint | None:
+        """Sign the current head (used by verify/export and on shutdown)."""
+        head = session.execute(
+            select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()
+        ).scalar_one()
+        if head.seq == 0 or self.signer is None:
+            return None
+        existing = session.get(AuditCheckpoint, head.seq)
+        if existing is not None:
+            return _as_checkpoint(existing)
+        return self._checkpoint(session, head.seq, head.hash)
+
+    def _checkpoint(self, session: Session, seq: int, head_hash: str) -> Checkpoint:
+        assert self.signer is not None
+        signature = base64.b64encode(self.signer.sign(checkpoint_message(seq, head_hash))).decode("ascii")
+        row = AuditCheckpoint(
+            seq=seq, hash=head_hash, ts=rfc3339(datetime.now(UTC)), key_id=self.signer.key_id,
+            signature=signature,
+        )
+        session.add(row)
+        cp = _as_checkpoint(row)
+        session.info.setdefault(_PENDING, []).append(cp)
+        return cp
+
+    def after_commit(self, session: Session) -> None:
+        """Copy checkpoints committed by ``session`` to the witness file outside the database.
+
+        Written only after the commit, so the witness never names a checkpoint the database lacks; an
+        attacker who truncates the tables (checkpoints included) is still caught by the witness.
+        """
+        pending: list[Checkpoint] = session.info.pop(_PENDING, [])
+        if not pending or self.witness_dir is None:
+            return
+        self.witness_dir.mkdir(parents=True, exist_ok=True)
+        with (self.witness_dir / WITNESS_FILE).open("a", encoding="utf-8") as fh:
+            for cp in pending:
+                fh.write(json.dumps(cp.__dict__, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def discard_pending(self, session: Session) -> None:
+        session.info.pop(_PENDING, None)
+
+    # -- reading --------------------------------------------------------------------------------------------
+    def witness_checkpoints(self) -> list[Checkpoint]:
+        if self.witness_dir is None:
+            return []
+        path = self.witness_dir / WITNESS_FILE
+        if not path.exists():
+            return []
+        return [Checkpoint(**json.loads(line)) for line in path.read_text("utf-8").splitlines() if line]
+
+    def checkpoints(self, engine: Engine) -> list[Checkpoint]:
+        """Checkpoints from the database and the witness file, merged by seq."""
+        with Session(engine) as session:
+            merged = {cp.seq: cp for cp in self.witness_checkpoints()}
+            for row in session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq)):
+                merged.setdefault(row.seq, _as_checkpoint(row))
+                if merged[row.seq].hash != row.hash:
+                    # Two different signed heads for one seq: keep the database row, verify will flag it.
+                    merged[row.seq] = _as_checkpoint(row)
+        return [merged[k] for k in sorted(merged)]
+
+    def iter_rows(self, engine: Engine, upto: int, batch: int = 20_000) -> Iterator[tuple[Any, ...]]:
+        """Events with ``seq <= upto`` (and any above it that sit out of place), in ``seq`` order."""
+        columns = ", ".join((*FIELDS, "hash"))
+        with engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=batch).execute(
+                text(f"SELECT {columns} FROM audit_events WHERE seq <= :upto ORDER BY seq"),  # noqa: S608
+                {"upto": upto},
+            )
+            for part in result.partitions(batch):
+                yield from part
+
+    def head(self, engine: Engine) -> tuple[int, str]:
+        with Session(engine) as session:
+            head = session.get(AuditHead, HEAD_ID)
+            if head is None:
+                return (0, verifier.GENESIS)
+            return (int(head.seq), head.hash)
+
+    def public_keys(self) -> dict[str, Any]:
+        keys: dict[str, Any] = {}
+        if self.signer is not None:
+            keys[self.signer.key_id] = self.signer.public_key
+        if self.witness_dir is not None:
+            for pem in sorted(self.witness_dir.glob("public_key*.pem")):
+                keys.update(verifier.load_public_keys([pem.read_bytes()]))
+        return keys
+
+    def verify(self, engine: Engine, *, progress: Any = None) -> VerifyReport:
+        """Verify the chain in the database, its head, and every checkpoint (database and witness)."""
+        # Checkpoints first, then the head, then the events up to that head: writers appending meanwhile
+        # cannot make a sound log look truncated.
+        checkpoints = self.checkpoints(engine)
+        head = self.head(engine)
+        rows: Iterator[tuple[Any, ...]] = self.iter_rows(engine, head[0])
+        if progress is not None:
+            rows = _counting(rows, progress)
+        return verifier.verify_rows(rows, checkpoints, self.public_keys(), hasher=fast_event_hash, head=head)
+
+    def export(self, engine: Engine, folder: Path) -> dict[str, Any]:
+        """Write events, checkpoints, the public key and a standalone verifier to ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        checkpoints = self.checkpoints(engine)
+        head_seq, head_hash = self.head(engine)
+        count = 0
+        with (folder / "events.jsonl").open("wb") as fh:
+            for row in self.iter_rows(engine, head_seq):
+                fh.write(orjson.dumps(dict(zip((*FIELDS, "hash"), row, strict=True))) + b"\n")
+                count += 1
+        with (folder / WITNESS_FILE).open("w", encoding="utf-8") as fh:
+            for cp in checkpoints:
+                fh.write(json.dumps(cp.__dict__, sort_keys=True) + "\n")
+        if self.signer is not None:
+            (folder / "public_key.pem").write_bytes(self.signer.public_pem())
+        shutil.copyfile(verifier.__file__, folder / "verify.py")
+        manifest = {
+            "format": "falaj-audit-export/v1",
+            "exported_at": rfc3339(datetime.now(UTC)),
+            "events": count,
+            "head_seq": head_seq,
+            "head_hash": head_hash,
+            "files": {
+                name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+                for name in ("events.jsonl", WITNESS_FILE, "public_key.pem", "verify.py")
+                if (folder / name).exists()
+            },
+            "verify_with": "python verify.py .",
+        }
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True), "utf-8")
+        return manifest
+
+
+def _as_checkpoint(row: AuditCheckpoint) -> Checkpoint:
+    return Checkpoint(seq=row.seq, hash=row.hash, ts=row.ts, key_id=row.key_id, signature=row.signature)
+
+
+def _counting(rows: Iterator[tuple[Any, ...]], progress: Any) -> Iterator[tuple[Any, ...]]:
+    for n, row in enumerate(rows, 1):
+        if n % 10_000 == 0:
+            progress(10_000)
+        yield row

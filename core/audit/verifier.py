@@ -1,0 +1,223 @@
+"""Offline verification of a Falaj audit chain.
+
+This module is self-contained on purpose: it imports only the standard library and ``cryptography``,
+and ``falaj audit export`` copies it into the export as ``verify.py`` so that an auditor can check the
+log with nothing but the public key::
+
+    python verify.py EXPORT_DIR
+
+Each event's hash is SHA-256 over the canonical JSON (keys sorted, no whitespace, UTF-8, no ASCII
+escaping) of its fields other than ``hash``; ``prev_hash`` links it to the event before, starting from
+64 zeros. A checkpoint is an Ed25519 signature over ``falaj-audit-checkpoint:v1:<seq>:<hash>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GENESIS = "0" * 64
+FIELDS = (
+    "seq",
+    "ts",
+    "tenant",
+    "principal",
+    "action",
+    "resource",
+    "verdict",
+    "outcome",
+    "reasons",
+    "bundle_digest",
+    "payload_digest",
+    "prev_hash",
+)
+
+
+def canonical_json(value: Any) -> bytes:
+    """Canonical JSON as Falaj hashes it (stdlib reference implementation)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def event_hash(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json({k: fields[k] for k in FIELDS})).hexdigest()
+
+
+def checkpoint_message(seq: int, head_hash: str) -> bytes:
+    return f"falaj-audit-checkpoint:v1:{seq}:{head_hash}".encode("ascii")
+
+
+@dataclass
+class Checkpoint:
+    seq: int
+    hash: str
+    ts: str
+    key_id: str
+    signature: str
+
+
+@dataclass
+class VerifyReport:
+    ok: bool
+    events: int = 0
+    last_seq: int = 0
+    first_bad_seq: int | None = None
+    problem: str | None = None
+    checkpoints_verified: int = 0
+    latest_checkpoint: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "events": self.events,
+            "last_seq": self.last_seq,
+            "first_bad_seq": self.first_bad_seq,
+            "problem": self.problem,
+            "checkpoints_verified": self.checkpoints_verified,
+            "latest_checkpoint": self.latest_checkpoint,
+        }
+
+
+def verify_rows(
+    rows: Iterable[Sequence[Any]],
+    checkpoints: Sequence[Checkpoint],
+    public_keys: dict[str, Any],
+    *,
+    hasher: Any = None,
+    head: tuple[int, str] | None = None,
+) -> VerifyReport:
+    """Verify events given as tuples in ``FIELDS`` order followed by ``hash``, sorted by ``seq``.
+
+    ``public_keys`` maps key ids to Ed25519 public keys (``cryptography`` objects). ``hasher`` may replace
+    the stdlib canonical JSON with a faster, byte-identical one. ``head`` is the stored chain head, when
+    the log comes from a database.
+    """
+    compute = hasher or event_hash
+    expected_seq = 1
+    prev = GENESIS
+    hashes_at: dict[int, str] = {}
+    wanted = {cp.seq for cp in checkpoints}
+    report = VerifyReport(ok=True)
+    for row in rows:
+        seq = row[0]
+        if seq != expected_seq:
+            return _bad(report, expected_seq, f"event {expected_seq} is missing (found {seq} next): deleted")
+        if row[11] != prev:
+            return _bad(
+                report,
+                seq,
+                f"event {seq} does not follow event {seq - 1}: the chain was broken by an insertion, "
+                "deletion or reordering",
+            )
+        digest = compute(dict(zip(FIELDS, row, strict=False)))
+        if digest != row[12]:
+            return _bad(report, seq, f"event {seq} was altered: its hash does not match its content")
+        if seq in wanted:
+            hashes_at[seq] = digest
+        prev = digest
+        expected_seq += 1
+    report.events = report.last_seq = expected_seq - 1
+
+    if head is not None and (head[0] != report.last_seq or head[1] != prev):
+        if head[0] > report.last_seq:
+            return _bad(
+                report,
+                report.last_seq + 1,
+                f"truncated tail: the chain head says seq {head[0]} but the log ends at {report.last_seq}",
+            )
+        return _bad(report, head[0] + 1, "the chain head does not match the last event")
+
+    for cp in sorted(checkpoints, key=lambda c: c.seq):
+        key = public_keys.get(cp.key_id)
+        if key is None:
+            return _bad(report, cp.seq, f"checkpoint at seq {cp.seq} is signed by unknown key {cp.key_id}")
+        try:
+            key.verify(base64.b64decode(cp.signature), checkpoint_message(cp.seq, cp.hash))
+        except Exception:
+            return _bad(report, cp.seq, f"checkpoint at seq {cp.seq} has an invalid signature")
+        if cp.seq > report.last_seq:
+            return _bad(
+                report,
+                report.last_seq + 1,
+                f"truncated tail: a signed checkpoint covers seq {cp.seq} but the log ends at "
+                f"{report.last_seq}",
+            )
+        if hashes_at.get(cp.seq) != cp.hash:
+            return _bad(report, cp.seq, f"event {cp.seq} differs from the signed checkpoint at that seq")
+        report.checkpoints_verified += 1
+        report.latest_checkpoint = cp.seq
+    return report
+
+
+def _bad(report: VerifyReport, seq: int, problem: str) -> VerifyReport:
+    report.ok = False
+    report.first_bad_seq = seq
+    report.problem = problem
+    return report
+
+
+def load_public_keys(pem_blobs: Iterable[bytes]) -> dict[str, Any]:
+    from cryptography.hazmat.primitives import serialization
+
+    keys: dict[str, Any] = {}
+    for blob in pem_blobs:
+        key = serialization.load_pem_public_key(blob)
+        keys[key_id_of(key)] = key
+    return keys
+
+
+def key_id_of(public_key: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:32]
+
+
+def verify_export(folder: Path) -> VerifyReport:
+    """Verify an export folder written by ``falaj audit export``."""
+    keys = load_public_keys(p.read_bytes() for p in sorted(folder.glob("public_key*.pem")))
+    checkpoints = [
+        Checkpoint(**json.loads(line))
+        for line in (folder / "checkpoints.jsonl").read_text("utf-8").splitlines()
+        if line.strip()
+    ]
+
+    def rows() -> Iterable[tuple[Any, ...]]:
+        with (folder / "events.jsonl").open("r", encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    event = json.loads(line)
+                    yield (*(event[k] for k in FIELDS), event["hash"])
+
+    manifest_path = folder / "manifest.json"
+    head = None
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text("utf-8"))
+        head = (manifest["head_seq"], manifest["head_hash"])
+    return verify_rows(rows(), checkpoints, keys, head=head)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python verify.py EXPORT_DIR", file=sys.stderr)
+        return 2
+    report = verify_export(Path(args[0]))
+    if report.ok:
+        print(
+            f"OK: {report.events} events, {report.checkpoints_verified} signed checkpoints verified "
+            f"(latest at seq {report.latest_checkpoint})"
+        )
+        return 0
+    print(f"TAMPERED: first bad seq {report.first_bad_seq}: {report.problem}")
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,6 @@
+"""Handlers: what each allowed action does. Importing this package registers them all."""
+
+from falaj.core.handlers import governance, identity, resources
+from falaj.core.handlers.base import HANDLERS, Handler, HandlerContext, Outcome, handles
+
+__all__ = ["HANDLERS", "Handler", "HandlerContext", "Outcome", "governance", "handles", "identity", "resources"]

@@ -1,0 +1,66 @@
+"""What a handler gets and returns, and the registry of handlers by action kind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from falaj.core.actions import ActionKind, Payload
+from falaj.core.decision import Decision
+from falaj.core.domain import Backend, Principal, Tenant
+from falaj.core.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from falaj.core.pipeline import ControlPlane
+
+
+@dataclass
+class HandlerContext:
+    """Everything a handler may use. It runs inside the action's transaction (a savepoint)."""
+
+    session: Session
+    plane: ControlPlane
+    tenant: Tenant
+    principal: Principal
+    payload: Any  # the kind's Payload model
+    decision: Decision
+    operation_id: str
+
+    def backend(self, name: str, kind: str) -> Backend:
+        row = self.session.scalar(
+            select(Backend).where(Backend.tenant_id == self.tenant.id, Backend.name == name)
+        )
+        if row is None or row.kind != kind:
+            raise NotFoundError(f"no {kind} backend named {name!r} in tenant {self.tenant.slug!r}")
+        return row
+
+
+@dataclass
+class Outcome:
+    """What a handler produced. ``secret`` is shown once to the caller and never stored or audited."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    secret: str | None = field(default=None, repr=False)
+
+
+Handler = Callable[[HandlerContext], Outcome]
+HANDLERS: dict[ActionKind, Handler] = {}
+
+
+def handles(kind: ActionKind) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        if kind in HANDLERS:
+            raise RuntimeError(f"two handlers for {kind}")
+        HANDLERS[kind] = fn
+        return fn
+
+    return register
+
+
+def typed(ctx: HandlerContext, model: type[Payload]) -> Any:
+    assert isinstance(ctx.payload, model), f"expected {model.__name__}, got {type(ctx.payload).__name__}"
+    return ctx.payload

@@ -1,0 +1,211 @@
+"""Backends, datasets, consent, models and model versions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+
+from falaj.core.actions import (
+    ActionKind,
+    BackendName,
+    BackendRegister,
+    ConsentRecordPayload,
+    ConsentWithdraw,
+    DatasetRegister,
+    DatasetRetire,
+    ModelAliasSet,
+    ModelRegister,
+    ModelVersionRegister,
+)
+from falaj.core.domain import (
+    Backend,
+    ConsentRecord,
+    Dataset,
+    LineageEdge,
+    Model,
+    ModelAlias,
+    ModelVersion,
+    TrainingRun,
+)
+from falaj.core.errors import BackendError, ConflictError, NotFoundError, ValidationError
+from falaj.core.handlers.base import HandlerContext, Outcome, handles, typed
+
+
+@handles(ActionKind.BACKEND_REGISTER)
+def register_backend(ctx: HandlerContext) -> Outcome:
+    p: BackendRegister = typed(ctx, BackendRegister)
+    spec = ctx.plane.registry.backend_spec(p.kind, p.plugin)
+    if spec is None:
+        available = sorted(ctx.plane.registry.backends.get(p.kind, {}))
+        raise ValidationError(
+            f"no {p.kind} plugin named {p.plugin!r} is installed; available: {available or 'none'}"
+        )
+    exists = ctx.session.scalar(
+        select(Backend.id).where(Backend.tenant_id == ctx.tenant.id, Backend.name == p.name)
+    )
+    if exists is not None:
+        raise ConflictError(f"backend {p.name!r} already exists in tenant {ctx.tenant.slug!r}")
+    row = Backend(
+        tenant_id=ctx.tenant.id, name=p.name, kind=p.kind, plugin=spec.name, region=p.region,
+        node_class=p.node_class, settings=p.settings,
+    )
+    ctx.session.add(row)
+    ctx.session.flush()
+    # Build it once now: a plugin that cannot start with these settings is refused at registration.
+    ctx.plane.backend_instance(ctx.tenant.slug, row)
+    return Outcome({"backend_id": row.id, "name": row.name, "plugin": spec.name, "region": row.region})
+
+
+@handles(ActionKind.BACKEND_DISABLE)
+def disable_backend(ctx: HandlerContext) -> Outcome:
+    p: BackendName = typed(ctx, BackendName)
+    row = ctx.session.scalar(select(Backend).where(Backend.tenant_id == ctx.tenant.id, Backend.name == p.name))
+    if row is None:
+        raise NotFoundError(f"no backend named {p.name!r} in tenant {ctx.tenant.slug!r}")
+    row.enabled = False
+    return Outcome({"name": row.name, "enabled": False})
+
+
+@handles(ActionKind.DATASET_REGISTER)
+def register_dataset(ctx: HandlerContext) -> Outcome:
+    p: DatasetRegister = typed(ctx, DatasetRegister)
+    storage_id = None
+    if p.storage_backend is not None:
+        storage_id = ctx.backend(p.storage_backend, "storage").id
+    if p.classification in ("personal", "sensitive", "health") and not p.subject_column:
+        raise ValidationError(
+            f"subject_column is required for {p.classification} data, so consent and erasure can find subjects"
+        )
+    latest = ctx.session.scalar(
+        select(func.max(Dataset.version)).where(Dataset.tenant_id == ctx.tenant.id, Dataset.name == p.name)
+    )
+    row = Dataset(
+        tenant_id=ctx.tenant.id, name=p.name, version=(latest or 0) + 1, classification=p.classification,
+        residency=p.residency, legal_basis=p.legal_basis, uri=p.uri, storage_backend_id=storage_id,
+        schema=p.schema_, digest=p.digest, subject_column=p.subject_column,
+    )
+    ctx.session.add(row)
+    ctx.session.flush()
+    return Outcome({"dataset_id": row.id, "name": row.name, "version": row.version})
+
+
+@handles(ActionKind.DATASET_RETIRE)
+def retire_dataset(ctx: HandlerContext) -> Outcome:
+    p: DatasetRetire = typed(ctx, DatasetRetire)
+    query = select(Dataset).where(Dataset.tenant_id == ctx.tenant.id, Dataset.name == p.name)
+    if p.version is not None:
+        query = query.where(Dataset.version == p.version)
+    rows = list(ctx.session.scalars(query))
+    if not rows:
+        raise NotFoundError(f"no dataset {p.name!r}" + (f" version {p.version}" if p.version else ""))
+    for row in rows:
+        row.status = "retired"
+    return Outcome({"name": p.name, "retired_versions": sorted(r.version for r in rows)})
+
+
+@handles(ActionKind.CONSENT_RECORD)
+def record_consent(ctx: HandlerContext) -> Outcome:
+    p: ConsentRecordPayload = typed(ctx, ConsentRecordPayload)
+    granted = p.granted_at or datetime.now(UTC)
+    if granted.tzinfo is None:
+        raise ValidationError("granted_at must carry a timezone (e.g. 2026-01-01T00:00:00Z)")
+    row = ctx.session.scalar(
+        select(ConsentRecord).where(
+            ConsentRecord.tenant_id == ctx.tenant.id,
+            ConsentRecord.subject_id == p.subject_id,
+            ConsentRecord.purpose == p.purpose,
+        )
+    )
+    if row is None:
+        row = ConsentRecord(tenant_id=ctx.tenant.id, subject_id=p.subject_id, purpose=p.purpose,
+                            granted_at=granted, evidence=p.evidence)
+        ctx.session.add(row)
+    else:
+        # Consent given again after a withdrawal: a fresh grant, evidence replaced.
+        row.granted_at, row.withdrawn_at, row.evidence = granted, None, p.evidence
+    ctx.session.flush()
+    return Outcome({"consent_id": row.id, "subject_id": p.subject_id, "purpose": p.purpose})
+
+
+@handles(ActionKind.CONSENT_WITHDRAW)
+def withdraw_consent(ctx: HandlerContext) -> Outcome:
+    p: ConsentWithdraw = typed(ctx, ConsentWithdraw)
+    row = ctx.session.scalar(
+        select(ConsentRecord).where(
+            ConsentRecord.tenant_id == ctx.tenant.id,
+            ConsentRecord.subject_id == p.subject_id,
+            ConsentRecord.purpose == p.purpose,
+        )
+    )
+    if row is None:
+        raise NotFoundError(f"no consent of subject {p.subject_id!r} for purpose {p.purpose!r}")
+    if row.withdrawn_at is None:
+        row.withdrawn_at = datetime.now(UTC)
+    return Outcome({"subject_id": p.subject_id, "purpose": p.purpose, "withdrawn_at": row.withdrawn_at.isoformat()})
+
+
+def _model(ctx: HandlerContext, name: str) -> Model:
+    row = ctx.session.scalar(select(Model).where(Model.tenant_id == ctx.tenant.id, Model.name == name))
+    if row is None:
+        raise NotFoundError(f"no model named {name!r} in tenant {ctx.tenant.slug!r}")
+    return row
+
+
+@handles(ActionKind.MODEL_REGISTER)
+def register_model(ctx: HandlerContext) -> Outcome:
+    p: ModelRegister = typed(ctx, ModelRegister)
+    if ctx.session.scalar(select(Model.id).where(Model.tenant_id == ctx.tenant.id, Model.name == p.name)):
+        raise ConflictError(f"model {p.name!r} already exists")
+    row = Model(tenant_id=ctx.tenant.id, name=p.name, description=p.description, owner=ctx.principal.id)
+    ctx.session.add(row)
+    ctx.session.flush()
+    return Outcome({"model_id": row.id, "name": row.name})
+
+
+@handles(ActionKind.MODEL_VERSION_REGISTER)
+def register_model_version(ctx: HandlerContext) -> Outcome:
+    p: ModelVersionRegister = typed(ctx, ModelVersionRegister)
+    model = _model(ctx, p.model)
+    backend = ctx.backend(p.storage_backend, "storage")
+    store = ctx.plane.backend_instance(ctx.tenant.slug, backend)
+    if not store.exists(p.artifact_digest, tenant=ctx.tenant.slug):
+        raise BackendError(
+            f"artifact {p.artifact_digest} is not in storage backend {p.storage_backend!r}: upload it first"
+        )
+    run = None
+    if p.training_run_id is not None:
+        run = ctx.session.get(TrainingRun, p.training_run_id)
+        if run is None or run.tenant_id != ctx.tenant.id:
+            raise NotFoundError(f"no training run {p.training_run_id}")
+    latest = ctx.session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id))
+    version = ModelVersion(
+        model_id=model.id, version=(latest or 0) + 1, artifact_digest=p.artifact_digest,
+        artifact_uri=f"{backend.name}:{p.artifact_digest}", storage_backend_id=backend.id,
+        training_run_id=p.training_run_id, metrics=p.metrics, signature_bundle=p.signature_bundle,
+    )
+    ctx.session.add(version)
+    ctx.session.flush()
+    if run is not None:
+        ctx.session.add(LineageEdge(tenant_id=ctx.tenant.id, source_type="training_run", source_id=run.id,
+                                    target_type="model_version", target_id=version.id, relation="produced"))
+    return Outcome({"model_version_id": version.id, "model": model.name, "version": version.version})
+
+
+@handles(ActionKind.MODEL_ALIAS_SET)
+def set_model_alias(ctx: HandlerContext) -> Outcome:
+    p: ModelAliasSet = typed(ctx, ModelAliasSet)
+    model = _model(ctx, p.model)
+    version = ctx.session.scalar(
+        select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == p.version)
+    )
+    if version is None:
+        raise NotFoundError(f"model {p.model!r} has no version {p.version}")
+    alias = ctx.session.scalar(select(ModelAlias).where(ModelAlias.model_id == model.id, ModelAlias.alias == p.alias))
+    previous = None
+    if alias is None:
+        ctx.session.add(ModelAlias(model_id=model.id, alias=p.alias, model_version_id=version.id))
+    else:
+        previous = alias.model_version_id
+        alias.model_version_id = version.id
+    return Outcome({"model": model.name, "alias": p.alias, "version": p.version, "previous_version_id": previous})

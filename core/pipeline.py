@@ -1,0 +1,469 @@
+"""The one governed channel: ``ControlPlane.execute(action)``.
+
+authenticate -> authorize -> policy checks -> decide -> delegate -> record -> audit, in one transaction.
+The audit event is appended last, just before the commit, so the chain head is locked only briefly;
+it is still in the same transaction as the state change, so either both land or neither does.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError as PydanticValidationError
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from falaj.core.actions import PAYLOADS, Action, ActionKind, Payload, PrincipalRef, TokenCredential, parse_kind
+from falaj.core.audit import AuditEntry, AuditLog, sha256_digest
+from falaj.core.config import Settings
+from falaj.core.db import create_db_engine, session_factory
+from falaj.core.decision import CheckOutcome, CheckResult, Decision, Verdict
+from falaj.core.domain import ApiToken, Backend, Operation, Principal, RoleAssignment, Tenant, new_id
+from falaj.core.errors import BackendError, ConflictError, FalajError, NotFoundError, ValidationError
+from falaj.core.handlers import HANDLERS, HandlerContext, Outcome
+from falaj.core.keys import AuditSigner
+from falaj.core.plugin import BackendConfig, CheckContext, PluginRegistry, create_plugin_manager
+from falaj.core.policy import Authorizer, PolicyBundle, load_bundle
+from falaj.core.tokens import secret_matches, split_token
+
+log = logging.getLogger(__name__)
+_AFTER_COMMIT = "falaj.after_commit"
+
+#: Payload fields that name the resource an action targets, in order of preference.
+_RESOURCE_FIELDS = (
+    "slug", "name", "prefix", "key_id", "request_id", "run_id", "subject_id", "deployment", "model",
+    "feature_view", "principal", "resource", "digest", "period",
+)
+
+
+@dataclass
+class Result:
+    """What ``execute`` answers: the decision, the outcome and, on success, the handler's data."""
+
+    operation_id: str
+    kind: str
+    tenant: str
+    principal: str
+    resource: str
+    decision: Decision
+    outcome: str  # succeeded | failed | denied | pending
+    data: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    error_type: str | None = None  # validation | not_found | conflict | backend | internal
+    audit_seq: int | None = None
+    secret: str | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "succeeded"
+
+    def message(self) -> str:
+        if self.outcome == "succeeded":
+            return "done"
+        if self.outcome == "failed":
+            return f"failed: {self.error}"
+        return self.decision.summary()
+
+
+@dataclass
+class _Evaluation:
+    kind: ActionKind | None
+    tenant: Tenant | None
+    principal: Principal | None
+    principal_label: str
+    payload: Payload | None
+    resource: str
+    checks: list[CheckResult]
+
+
+class ControlPlane:
+    """The control plane of one installation: database, policy bundle, audit log and plugins."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Engine | None = None,
+        registry: PluginRegistry | None = None,
+        bundle: PolicyBundle | None = None,
+        signer: AuditSigner | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine or create_db_engine(settings.database_url, echo=settings.echo_sql)
+        self.sessions: sessionmaker[Session] = session_factory(self.engine)
+        self.registry = registry or create_plugin_manager()
+        self._bundle = bundle or load_bundle(settings.policy_dir)
+        self.authorizer = Authorizer(self._bundle)
+        self.signer = signer
+        self.audit = AuditLog(signer, settings.home / "audit", settings.checkpoint_every)
+        self._backend_cache: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, settings: Settings | None = None, **kwargs: Any) -> ControlPlane:
+        """Open an initialised installation (``falaj init`` made its keys and database)."""
+        settings = settings or Settings.from_env()
+        signer = kwargs.pop("signer", None) or AuditSigner.load(settings)
+        return cls(settings, signer=signer, **kwargs)
+
+    @property
+    def bundle(self) -> PolicyBundle:
+        return self._bundle
+
+    def use_bundle(self, bundle: PolicyBundle) -> None:
+        """Swap the policy bundle in force; decisions already running keep the one they started with."""
+        with self._lock:
+            self._bundle = bundle
+            self.authorizer = Authorizer(bundle)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- the pipeline --------------------------------------------------------------------------------------
+    def execute(self, action: Action) -> Result:
+        """Run one action through the governed pipeline and return its result. Never raises for bad input."""
+        bundle, authorizer = self._bundle, self.authorizer
+        operation_id = new_id()
+        payload_digest = sha256_digest({"kind": action.kind, "payload": action.payload})
+        session = self.sessions()
+        try:
+            with session.begin():
+                ev = self._evaluate(session, action, bundle, authorizer)
+                decision = Decision.from_checks(ev.checks, bundle.digest)
+                self.registry.notify(
+                    "falaj_before_action", kind=action.kind, tenant=action.tenant,
+                    principal=ev.principal_label, resource=ev.resource, verdict=str(decision.verdict),
+                )
+                result = Result(
+                    operation_id=operation_id, kind=action.kind, tenant=action.tenant,
+                    principal=ev.principal_label, resource=ev.resource, decision=decision,
+                    outcome="denied" if decision.verdict is Verdict.DENY else "pending",
+                )
+                if decision.allowed:
+                    self._delegate(session, ev, decision, operation_id, result)
+                self._record(session, action, ev, decision, result, payload_digest)
+        except Exception:
+            self.audit.discard_pending(session)
+            session.close()
+            raise
+        self.audit.after_commit(session)
+        for callback in session.info.pop(_AFTER_COMMIT, []):
+            callback()
+        session.close()
+        self.registry.notify(
+            "falaj_after_action", kind=action.kind, tenant=action.tenant, principal=result.principal,
+            resource=result.resource, outcome=result.outcome, audit_seq=result.audit_seq, result=result.data,
+        )
+        return result
+
+    def explain(self, action: Action) -> Decision:
+        """Decide an action without doing it: nothing is delegated, written or audited."""
+        bundle = self._bundle
+        with self.sessions() as session:
+            ev = self._evaluate(session, action, bundle, self.authorizer)
+            session.rollback()
+        return Decision.from_checks(ev.checks, bundle.digest)
+
+    def _delegate(
+        self, session: Session, ev: _Evaluation, decision: Decision, operation_id: str, result: Result
+    ) -> None:
+        assert ev.kind is not None and ev.tenant is not None and ev.principal is not None
+        handler = HANDLERS[ev.kind]
+        ctx = HandlerContext(session, self, ev.tenant, ev.principal, ev.payload, decision, operation_id)
+        try:
+            with session.begin_nested():
+                outcome = handler(ctx)
+                if not isinstance(outcome, Outcome):
+                    raise BackendError(
+                        f"handler for {ev.kind} returned {type(outcome).__name__}, expected Outcome"
+                    )
+                session.flush()
+        except Exception as exc:
+            # The savepoint is rolled back: nothing the handler wrote survives; the failure is recorded.
+            session.info.pop(_AFTER_COMMIT, None)
+            result.outcome = "failed"
+            result.error, result.error_type = _describe_failure(exc)
+            if result.error_type == "internal":
+                log.exception("action %s failed", ev.kind)
+            return
+        result.outcome = "succeeded"
+        result.data = outcome.data
+        result.secret = outcome.secret
+
+    def _record(
+        self,
+        session: Session,
+        action: Action,
+        ev: _Evaluation,
+        decision: Decision,
+        result: Result,
+        payload_digest: str,
+    ) -> None:
+        reasons = [c.as_dict() for c in decision.checks]
+        if result.error:
+            reasons.append({"check": "delegate", "outcome": "fail", "reason": result.error})
+        seq = self.audit.append(
+            session,
+            AuditEntry(
+                tenant=action.tenant[:63],
+                principal=ev.principal_label[:200],
+                action=action.kind[:63],
+                resource=ev.resource[:300],
+                verdict=str(decision.verdict),
+                outcome=result.outcome,
+                reasons=reasons,
+                bundle_digest=decision.bundle_digest,
+                payload_digest=payload_digest,
+            ),
+        )
+        result.audit_seq = seq
+        session.add(
+            Operation(
+                id=result.operation_id,
+                tenant=action.tenant[:63],
+                principal=ev.principal_label[:200],
+                kind=action.kind[:63],
+                resource=ev.resource[:300],
+                verdict=str(decision.verdict),
+                outcome=result.outcome,
+                decision=decision.as_dict(),
+                result=result.data,
+                error=result.error,
+                payload_digest=payload_digest,
+                audit_seq=seq,
+                finished_at=datetime.now(UTC),
+            )
+        )
+
+    # -- evaluation -----------------------------------------------------------------------------------------
+    def _evaluate(
+        self, session: Session, action: Action, bundle: PolicyBundle, authorizer: Authorizer
+    ) -> _Evaluation:
+        checks: list[CheckResult] = []
+        ev = _Evaluation(None, None, None, _label(action.principal), None, "?", checks)
+
+        kind = parse_kind(action.kind) if isinstance(action.kind, str) else None
+        if kind is None:
+            checks.append(CheckResult.failed(
+                "action", f"unknown action kind {str(action.kind)[:63]!r}: see `falaj actions` for the kinds"
+            ))
+            return ev
+        ev.kind = kind
+
+        tenant = session.scalar(select(Tenant).where(Tenant.slug == action.tenant)) if isinstance(
+            action.tenant, str
+        ) else None
+        if tenant is None:
+            checks.append(CheckResult.failed("tenant", f"unknown tenant {str(action.tenant)[:63]!r}"))
+            return ev
+        if tenant.disabled:
+            checks.append(CheckResult.failed("tenant", f"tenant {tenant.slug!r} is disabled"))
+            return ev
+        ev.tenant = tenant
+
+        principal, auth_check = self._authenticate(session, action.principal)
+        checks.append(auth_check)
+        if principal is None:
+            return ev
+        ev.principal = principal
+        ev.principal_label = auth_check.obligations.get("principal", ev.principal_label)
+
+        try:
+            payload = PAYLOADS[kind].model_validate(action.payload)
+        except PydanticValidationError as exc:
+            checks.append(CheckResult.failed("payload", _validation_message(exc)))
+            return ev
+        except Exception as exc:
+            checks.append(CheckResult.failed("payload", f"payload could not be read: {exc}"))
+            return ev
+        ev.payload = payload
+        ev.resource = _resource(kind, payload)
+        checks.append(CheckResult.passed("payload", f"valid {PAYLOADS[kind].__name__}"))
+
+        roles = frozenset(
+            session.scalars(
+                select(RoleAssignment.role).where(
+                    RoleAssignment.principal_id == principal.id, RoleAssignment.tenant_id == tenant.id
+                )
+            )
+        )
+        rbac = authorizer.check(roles, tenant.slug, kind.resource_type, kind.verb)
+        if rbac.outcome is CheckOutcome.FAIL and principal.tenant_id != tenant.id:
+            rbac = CheckResult.failed(
+                "rbac", f"{ev.principal_label} belongs to another tenant and has no role in {tenant.slug!r}",
+                "deny-by-default",
+            )
+        checks.append(rbac)
+        if rbac.outcome is CheckOutcome.FAIL:
+            return ev
+
+        if kind not in HANDLERS:
+            checks.append(CheckResult.failed(
+                "handler", f"{kind} is a known action kind but no handler for it is installed in this version"
+            ))
+            return ev
+
+        backend_config = self._target_backend(session, tenant, payload, checks)
+        context = CheckContext(
+            kind=kind.value, tenant=tenant.slug, ruleset=tenant.ruleset, principal=ev.principal_label,
+            principal_kind=principal.kind, roles=roles, resource=ev.resource,
+            payload=payload.model_dump(mode="json", by_alias=True), bundle=bundle, backend=backend_config,
+            session=session,
+        )
+        for spec in self.registry.policy_checks:
+            if spec.applies_to(kind.value):
+                checks.append(_run_check(spec, context))
+        return ev
+
+    def _authenticate(
+        self, session: Session, credential: TokenCredential | PrincipalRef
+    ) -> tuple[Principal | None, CheckResult]:
+        now = datetime.now(UTC)
+        if isinstance(credential, TokenCredential):
+            parts = split_token(credential.token) if isinstance(credential.token, str) else None
+            if parts is None:
+                return None, CheckResult.failed("authenticate", "malformed API token (expected flj_<id>_<secret>)")
+            row = session.execute(
+                select(ApiToken, Principal, Tenant.slug)
+                .join(Principal, ApiToken.principal_id == Principal.id)
+                .join(Tenant, Principal.tenant_id == Tenant.id)
+                .where(ApiToken.prefix == parts[0])
+            ).first()
+            if row is None or not secret_matches(parts[1], row[0].secret_hash):
+                return None, CheckResult.failed("authenticate", "unknown API token")
+            token, principal, home = row
+            if token.revoked_at is not None:
+                return None, CheckResult.failed("authenticate", f"API token {token.prefix} was revoked")
+            if token.expires_at is not None and token.expires_at <= now:
+                return None, CheckResult.failed("authenticate", f"API token {token.prefix} has expired")
+            if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+                session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
+        elif isinstance(credential, PrincipalRef):
+            row = session.execute(
+                select(Principal, Tenant.slug)
+                .join(Tenant, Principal.tenant_id == Tenant.id)
+                .where(Principal.id == credential.principal_id)
+            ).first()
+            if row is None:
+                return None, CheckResult.failed("authenticate", f"unknown principal {credential.principal_id!r}")
+            principal, home = row
+        else:
+            return None, CheckResult.failed(
+                "authenticate", f"unsupported credential {type(credential).__name__}"
+            )
+        label = f"{home}/{principal.name}"
+        if principal.disabled:
+            return None, CheckResult.failed("authenticate", f"principal {label} is disabled")
+        return principal, CheckResult.passed("authenticate", f"authenticated as {label}", principal=label)
+
+    def _target_backend(
+        self, session: Session, tenant: Tenant, payload: Payload, checks: list[CheckResult]
+    ) -> BackendConfig | None:
+        name = None
+        for field_name in ("storage_backend", "runtime_backend", "backend"):
+            value = getattr(payload, field_name, None)
+            if isinstance(value, str):
+                name = value
+                break
+        if name is None:
+            return None
+        row = session.scalar(select(Backend).where(Backend.tenant_id == tenant.id, Backend.name == name))
+        if row is None:
+            checks.append(CheckResult.failed("backend", f"no backend named {name!r} in tenant {tenant.slug!r}"))
+            return None
+        if not row.enabled:
+            checks.append(CheckResult.failed("backend", f"backend {name!r} is disabled"))
+            return None
+        if self.registry.backend_spec(row.kind, row.plugin) is None:
+            checks.append(CheckResult.failed(
+                "backend", f"backend {name!r} needs plugin {row.plugin!r}, which is not available (falaj plugins)"
+            ))
+            return None
+        checks.append(CheckResult.passed("backend", f"{row.kind} backend {name!r} in region {row.region}"))
+        return self._config(tenant.slug, row)
+
+    # -- backends -------------------------------------------------------------------------------------------
+    def _config(self, tenant_slug: str, row: Backend) -> BackendConfig:
+        return BackendConfig(
+            name=row.name, plugin=row.plugin, kind=row.kind, region=row.region, node_class=row.node_class,
+            tenant=tenant_slug, home=self.settings.home / "backends" / tenant_slug / row.name,
+            settings=dict(row.settings),
+        )
+
+    def backend_instance(self, tenant_slug: str, row: Backend) -> Any:
+        """The live backend object for a configured backend row (built once per configuration)."""
+        config = self._config(tenant_slug, row)
+        key = (row.id, sha256_digest({"plugin": row.plugin, "region": row.region, "settings": row.settings}))
+        cached = self._backend_cache.get(key[:1])
+        if cached is not None and cached[0] == key[1]:
+            return cached[1]
+        spec = self.registry.backend_spec(row.kind, row.plugin)
+        if spec is None:
+            raise BackendError(f"plugin {row.plugin!r} for backend {row.name!r} is not available")
+        try:
+            instance = spec.factory(config)
+        except Exception as exc:
+            raise BackendError(f"plugin {row.plugin!r} could not start backend {row.name!r}: {exc}") from exc
+        if not isinstance(instance, spec.interface):
+            raise BackendError(
+                f"plugin {row.plugin!r} returned {type(instance).__name__}, not a {spec.interface.__name__}"
+            )
+        self._backend_cache[key[:1]] = (key[1], instance)
+        return instance
+
+
+def _run_check(spec: Any, context: CheckContext) -> CheckResult:
+    try:
+        outcome = spec.check(context)
+    except Exception as exc:
+        return CheckResult.failed(spec.name, f"check raised {type(exc).__name__}: {exc} (a check that fails denies)")
+    if not isinstance(outcome, CheckResult):
+        return CheckResult.failed(
+            spec.name, f"plugin check returned {type(outcome).__name__}, expected CheckResult (denied)"
+        )
+    return outcome
+
+
+def _label(credential: object) -> str:
+    describe = getattr(credential, "describe", None)
+    if callable(describe):
+        return str(describe())
+    return f"<{type(credential).__name__}>"
+
+
+def _resource(kind: ActionKind, payload: Payload) -> str:
+    for name in _RESOURCE_FIELDS:
+        value = getattr(payload, name, None)
+        if isinstance(value, str) and value:
+            return f"{kind.resource_type}/{value}"
+    return kind.resource_type
+
+
+def _validation_message(exc: PydanticValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ())) or "payload"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    more = len(exc.errors()) - 5
+    return "invalid payload: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _describe_failure(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, NotFoundError):
+        return str(exc), "not_found"
+    if isinstance(exc, ConflictError):
+        return str(exc), "conflict"
+    if isinstance(exc, ValidationError):
+        return str(exc), "validation"
+    if isinstance(exc, BackendError):
+        return str(exc), "backend"
+    if isinstance(exc, IntegrityError):
+        return "conflicts with existing state (a duplicate or a missing reference)", "conflict"
+    if isinstance(exc, FalajError):
+        return str(exc), "internal"
+    return f"backend raised {type(exc).__name__}: {exc}", "backend"

@@ -1,0 +1,1 @@
+"""Alembic migrations: the schema only ever changes through a revision here."""
