@@ -9,6 +9,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+READ_ONLY = "falaj_read_only"
+
 
 def normalise_url(url: str) -> str:
     """Use psycopg 3 for ``postgresql://`` URLs unless a driver is named."""
@@ -51,10 +53,19 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(connection: Any) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # Readers (verification, export, explain) must not queue behind writers: WAL lets them read.
+            if connection.get_execution_options().get(READ_ONLY):
+                connection.exec_driver_sql("BEGIN DEFERRED")
+            else:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine, for transactions that only read (no write lock is taken on SQLite)."""
+    return engine.execution_options(**{READ_ONLY: True})
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from falaj.core.actions import PAYLOADS, Action, ActionKind, Payload, PrincipalRef, TokenCredential, parse_kind
 from falaj.core.audit import AuditEntry, AuditLog, sha256_digest
 from falaj.core.config import Settings
-from falaj.core.db import create_db_engine, session_factory
+from falaj.core.db import create_db_engine, read_only, session_factory
 from falaj.core.decision import CheckOutcome, CheckResult, Decision, Verdict
 from falaj.core.domain import ApiToken, Backend, Operation, Principal, RoleAssignment, Tenant, new_id
 from falaj.core.errors import BackendError, ConflictError, FalajError, NotFoundError, ValidationError
@@ -164,8 +164,8 @@ class ControlPlane:
     def explain(self, action: Action) -> Decision:
         """Decide an action without doing it: nothing is delegated, written or audited."""
         bundle = self._bundle
-        with self.sessions() as session:
-            ev = self._evaluate(session, action, bundle, self.authorizer)
+        with Session(read_only(self.engine)) as session:
+            ev = self._evaluate(session, action, bundle, self.authorizer, dry_run=True)
             session.rollback()
         return Decision.from_checks(ev.checks, bundle.digest)
 
@@ -242,7 +242,8 @@ class ControlPlane:
 
     # -- evaluation -----------------------------------------------------------------------------------------
     def _evaluate(
-        self, session: Session, action: Action, bundle: PolicyBundle, authorizer: Authorizer
+        self, session: Session, action: Action, bundle: PolicyBundle, authorizer: Authorizer,
+        *, dry_run: bool = False,
     ) -> _Evaluation:
         checks: list[CheckResult] = []
         ev = _Evaluation(None, None, None, _label(action.principal), None, "?", checks)
@@ -266,7 +267,7 @@ class ControlPlane:
             return ev
         ev.tenant = tenant
 
-        principal, auth_check = self._authenticate(session, action.principal)
+        principal, auth_check = self._authenticate(session, action.principal, touch=not dry_run)
         checks.append(auth_check)
         if principal is None:
             return ev
@@ -321,7 +322,7 @@ class ControlPlane:
         return ev
 
     def _authenticate(
-        self, session: Session, credential: TokenCredential | PrincipalRef
+        self, session: Session, credential: TokenCredential | PrincipalRef, *, touch: bool = True
     ) -> tuple[Principal | None, CheckResult]:
         now = datetime.now(UTC)
         if isinstance(credential, TokenCredential):
@@ -341,7 +342,8 @@ class ControlPlane:
                 return None, CheckResult.failed("authenticate", f"API token {token.prefix} was revoked")
             if token.expires_at is not None and token.expires_at <= now:
                 return None, CheckResult.failed("authenticate", f"API token {token.prefix} has expired")
-            if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+            stale = token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60
+            if touch and stale:
                 session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
         elif isinstance(credential, PrincipalRef):
             row = session.execute(

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from falaj.core.audit import verifier
+from falaj.core.db import read_only
 from falaj.core.audit.verifier import FIELDS, Checkpoint, VerifyReport, checkpoint_message
 from falaj.core.domain import AuditCheckpoint, AuditEvent, AuditHead
 from falaj.core.keys import AuditSigner
@@ -153,7 +154,7 @@ class AuditLog:
 
     def checkpoints(self, engine: Engine) -> list[Checkpoint]:
         """Checkpoints from the database and the witness file, merged by seq."""
-        with Session(engine) as session:
+        with Session(read_only(engine)) as session:
             merged = {cp.seq: cp for cp in self.witness_checkpoints()}
             for row in session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq)):
                 merged.setdefault(row.seq, _as_checkpoint(row))
@@ -165,7 +166,7 @@ class AuditLog:
     def iter_rows(self, engine: Engine, upto: int, batch: int = 20_000) -> Iterator[tuple[Any, ...]]:
         """Events with ``seq <= upto`` (and any above it that sit out of place), in ``seq`` order."""
         columns = ", ".join((*FIELDS, "hash"))
-        with engine.connect() as conn:
+        with read_only(engine).connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=batch).execute(
                 text(f"SELECT {columns} FROM audit_events WHERE seq <= :upto ORDER BY seq"),  # noqa: S608
                 {"upto": upto},
@@ -174,7 +175,7 @@ class AuditLog:
                 yield from part
 
     def head(self, engine: Engine) -> tuple[int, str]:
-        with Session(engine) as session:
+        with Session(read_only(engine)) as session:
             head = session.get(AuditHead, HEAD_ID)
             if head is None:
                 return (0, verifier.GENESIS)
