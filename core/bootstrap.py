@@ -68,27 +68,54 @@ def initialise(settings: Settings, *, tenant: str, display_name: str, admin: str
             session.add(principal)
             session.flush()
             for role in ("admin", "platform-admin"):
-                session.add(RoleAssignment(tenant_id=row.id, principal_id=principal.id, role=role,
-                                           granted_by="bootstrap"))
+                session.add(
+                    RoleAssignment(
+                        tenant_id=row.id, principal_id=principal.id, role=role, granted_by="bootstrap"
+                    )
+                )
             token = new_token()
-            session.add(ApiToken(principal_id=principal.id, prefix=token.prefix, secret_hash=token.secret_hash,
-                                 description="created by falaj init",
-                                 expires_at=datetime.now(UTC) + timedelta(days=365)))
+            session.add(
+                ApiToken(
+                    principal_id=principal.id,
+                    prefix=token.prefix,
+                    secret_hash=token.secret_hash,
+                    description="created by falaj init",
+                    expires_at=datetime.now(UTC) + timedelta(days=365),
+                )
+            )
             bundle = plane.bundle
-            session.add(PolicyBundleRecord(digest=bundle.digest, source=bundle.source,
-                                           files={k: v.decode("utf-8") for k, v in bundle.files.items()},
-                                           loaded_by="bootstrap"))
+            session.add(
+                PolicyBundleRecord(
+                    digest=bundle.digest,
+                    source=bundle.source,
+                    files={k: v.decode("utf-8") for k, v in bundle.files.items()},
+                    loaded_by="bootstrap",
+                )
+            )
             reason = [CheckResult.passed("bootstrap", "falaj init: first tenant and admin").as_dict()]
             for kind, resource, payload in (
                 ("tenant.create", f"tenant/{tenant}", {"slug": tenant, "display_name": display_name}),
-                ("principal.create", f"principal/{admin}", {"name": admin, "roles": ["admin", "platform-admin"]}),
+                (
+                    "principal.create",
+                    f"principal/{admin}",
+                    {"name": admin, "roles": ["admin", "platform-admin"]},
+                ),
                 ("token.issue", f"token/{token.prefix}", {"principal": admin}),
             ):
-                plane.audit.append(session, AuditEntry(
-                    tenant=tenant, principal="system/bootstrap", action=kind, resource=resource,
-                    verdict="allow", outcome="succeeded", reasons=reason, bundle_digest=bundle.digest,
-                    payload_digest=sha256_digest({"kind": kind, "payload": payload}),
-                ))
+                plane.audit.append(
+                    session,
+                    AuditEntry(
+                        tenant=tenant,
+                        principal="system/bootstrap",
+                        action=kind,
+                        resource=resource,
+                        verdict="allow",
+                        outcome="succeeded",
+                        reasons=reason,
+                        bundle_digest=bundle.digest,
+                        payload_digest=sha256_digest({"kind": kind, "payload": payload}),
+                    ),
+                )
             plane.audit.checkpoint_now(session)
         plane.audit.after_commit(session)
     finally:

@@ -35,9 +35,7 @@ def master_key(settings: Settings, *, create: bool = False) -> bytes:
     if path.exists():
         return path.read_bytes().strip()
     if not create:
-        raise ConfigurationError(
-            f"no master key: set FALAJ_MASTER_KEY or run `falaj init` to create {path}"
-        )
+        raise ConfigurationError(f"no master key: set FALAJ_MASTER_KEY or run `falaj init` to create {path}")
     key = secrets.token_urlsafe(32).encode("ascii")
     _write_private(path, key)
     return key

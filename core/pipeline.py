@@ -18,7 +18,15 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from falaj.core.actions import PAYLOADS, Action, ActionKind, Payload, PrincipalRef, TokenCredential, parse_kind
+from falaj.core.actions import (
+    PAYLOADS,
+    Action,
+    ActionKind,
+    Payload,
+    PrincipalRef,
+    TokenCredential,
+    parse_kind,
+)
 from falaj.core.audit import AuditEntry, AuditLog, sha256_digest
 from falaj.core.config import Settings
 from falaj.core.db import create_db_engine, read_only, session_factory
@@ -36,8 +44,20 @@ _AFTER_COMMIT = "falaj.after_commit"
 
 #: Payload fields that name the resource an action targets, in order of preference.
 _RESOURCE_FIELDS = (
-    "slug", "name", "prefix", "key_id", "request_id", "run_id", "subject_id", "deployment", "model",
-    "feature_view", "principal", "resource", "digest", "period",
+    "slug",
+    "name",
+    "prefix",
+    "key_id",
+    "request_id",
+    "run_id",
+    "subject_id",
+    "deployment",
+    "model",
+    "feature_view",
+    "principal",
+    "resource",
+    "digest",
+    "period",
 )
 
 
@@ -101,7 +121,7 @@ class ControlPlane:
         self.authorizer = Authorizer(self._bundle)
         self.signer = signer
         self.audit = AuditLog(signer, settings.home / "audit", settings.checkpoint_every)
-        self._backend_cache: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._backend_cache: dict[str, tuple[str, Any]] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -136,12 +156,20 @@ class ControlPlane:
                 ev = self._evaluate(session, action, bundle, authorizer)
                 decision = Decision.from_checks(ev.checks, bundle.digest)
                 self.registry.notify(
-                    "falaj_before_action", kind=action.kind, tenant=action.tenant,
-                    principal=ev.principal_label, resource=ev.resource, verdict=str(decision.verdict),
+                    "falaj_before_action",
+                    kind=action.kind,
+                    tenant=action.tenant,
+                    principal=ev.principal_label,
+                    resource=ev.resource,
+                    verdict=str(decision.verdict),
                 )
                 result = Result(
-                    operation_id=operation_id, kind=action.kind, tenant=action.tenant,
-                    principal=ev.principal_label, resource=ev.resource, decision=decision,
+                    operation_id=operation_id,
+                    kind=action.kind,
+                    tenant=action.tenant,
+                    principal=ev.principal_label,
+                    resource=ev.resource,
+                    decision=decision,
                     outcome="denied" if decision.verdict is Verdict.DENY else "pending",
                 )
                 if decision.allowed:
@@ -156,8 +184,14 @@ class ControlPlane:
             callback()
         session.close()
         self.registry.notify(
-            "falaj_after_action", kind=action.kind, tenant=action.tenant, principal=result.principal,
-            resource=result.resource, outcome=result.outcome, audit_seq=result.audit_seq, result=result.data,
+            "falaj_after_action",
+            kind=action.kind,
+            tenant=action.tenant,
+            principal=result.principal,
+            resource=result.resource,
+            outcome=result.outcome,
+            audit_seq=result.audit_seq,
+            result=result.data,
         )
         return result
 
@@ -242,23 +276,33 @@ class ControlPlane:
 
     # -- evaluation -----------------------------------------------------------------------------------------
     def _evaluate(
-        self, session: Session, action: Action, bundle: PolicyBundle, authorizer: Authorizer,
-        *, dry_run: bool = False,
+        self,
+        session: Session,
+        action: Action,
+        bundle: PolicyBundle,
+        authorizer: Authorizer,
+        *,
+        dry_run: bool = False,
     ) -> _Evaluation:
         checks: list[CheckResult] = []
         ev = _Evaluation(None, None, None, _label(action.principal), None, "?", checks)
 
         kind = parse_kind(action.kind) if isinstance(action.kind, str) else None
         if kind is None:
-            checks.append(CheckResult.failed(
-                "action", f"unknown action kind {str(action.kind)[:63]!r}: see `falaj actions` for the kinds"
-            ))
+            checks.append(
+                CheckResult.failed(
+                    "action",
+                    f"unknown action kind {str(action.kind)[:63]!r}: see `falaj actions` for the kinds",
+                )
+            )
             return ev
         ev.kind = kind
 
-        tenant = session.scalar(select(Tenant).where(Tenant.slug == action.tenant)) if isinstance(
-            action.tenant, str
-        ) else None
+        tenant = (
+            session.scalar(select(Tenant).where(Tenant.slug == action.tenant))
+            if isinstance(action.tenant, str)
+            else None
+        )
         if tenant is None:
             checks.append(CheckResult.failed("tenant", f"unknown tenant {str(action.tenant)[:63]!r}"))
             return ev
@@ -296,7 +340,8 @@ class ControlPlane:
         rbac = authorizer.check(roles, tenant.slug, kind.resource_type, kind.verb)
         if rbac.outcome is CheckOutcome.FAIL and principal.tenant_id != tenant.id:
             rbac = CheckResult.failed(
-                "rbac", f"{ev.principal_label} belongs to another tenant and has no role in {tenant.slug!r}",
+                "rbac",
+                f"{ev.principal_label} belongs to another tenant and has no role in {tenant.slug!r}",
                 "deny-by-default",
             )
         checks.append(rbac)
@@ -304,16 +349,26 @@ class ControlPlane:
             return ev
 
         if kind not in HANDLERS:
-            checks.append(CheckResult.failed(
-                "handler", f"{kind} is a known action kind but no handler for it is installed in this version"
-            ))
+            checks.append(
+                CheckResult.failed(
+                    "handler",
+                    f"{kind} is a known action kind but no handler for it is installed in this version",
+                )
+            )
             return ev
 
         backend_config = self._target_backend(session, tenant, payload, checks)
         context = CheckContext(
-            kind=kind.value, tenant=tenant.slug, ruleset=tenant.ruleset, principal=ev.principal_label,
-            principal_kind=principal.kind, roles=roles, resource=ev.resource,
-            payload=payload.model_dump(mode="json", by_alias=True), bundle=bundle, backend=backend_config,
+            kind=kind.value,
+            tenant=tenant.slug,
+            ruleset=tenant.ruleset,
+            principal=ev.principal_label,
+            principal_kind=principal.kind,
+            roles=roles,
+            resource=ev.resource,
+            payload=payload.model_dump(mode="json", by_alias=True),
+            bundle=bundle,
+            backend=backend_config,
             session=session,
         )
         for spec in self.registry.policy_checks:
@@ -328,7 +383,9 @@ class ControlPlane:
         if isinstance(credential, TokenCredential):
             parts = split_token(credential.token) if isinstance(credential.token, str) else None
             if parts is None:
-                return None, CheckResult.failed("authenticate", "malformed API token (expected flj_<id>_<secret>)")
+                return None, CheckResult.failed(
+                    "authenticate", "malformed API token (expected flj_<id>_<secret>)"
+                )
             row = session.execute(
                 select(ApiToken, Principal, Tenant.slug)
                 .join(Principal, ApiToken.principal_id == Principal.id)
@@ -346,14 +403,16 @@ class ControlPlane:
             if touch and stale:
                 session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
         elif isinstance(credential, PrincipalRef):
-            row = session.execute(
+            found = session.execute(
                 select(Principal, Tenant.slug)
                 .join(Tenant, Principal.tenant_id == Tenant.id)
                 .where(Principal.id == credential.principal_id)
             ).first()
-            if row is None:
-                return None, CheckResult.failed("authenticate", f"unknown principal {credential.principal_id!r}")
-            principal, home = row
+            if found is None:
+                return None, CheckResult.failed(
+                    "authenticate", f"unknown principal {credential.principal_id!r}"
+                )
+            principal, home = found
         else:
             return None, CheckResult.failed(
                 "authenticate", f"unsupported credential {type(credential).__name__}"
@@ -376,15 +435,20 @@ class ControlPlane:
             return None
         row = session.scalar(select(Backend).where(Backend.tenant_id == tenant.id, Backend.name == name))
         if row is None:
-            checks.append(CheckResult.failed("backend", f"no backend named {name!r} in tenant {tenant.slug!r}"))
+            checks.append(
+                CheckResult.failed("backend", f"no backend named {name!r} in tenant {tenant.slug!r}")
+            )
             return None
         if not row.enabled:
             checks.append(CheckResult.failed("backend", f"backend {name!r} is disabled"))
             return None
         if self.registry.backend_spec(row.kind, row.plugin) is None:
-            checks.append(CheckResult.failed(
-                "backend", f"backend {name!r} needs plugin {row.plugin!r}, which is not available (falaj plugins)"
-            ))
+            checks.append(
+                CheckResult.failed(
+                    "backend",
+                    f"backend {name!r} needs plugin {row.plugin!r}, which is not available (falaj plugins)",
+                )
+            )
             return None
         checks.append(CheckResult.passed("backend", f"{row.kind} backend {name!r} in region {row.region}"))
         return self._config(tenant.slug, row)
@@ -392,17 +456,22 @@ class ControlPlane:
     # -- backends -------------------------------------------------------------------------------------------
     def _config(self, tenant_slug: str, row: Backend) -> BackendConfig:
         return BackendConfig(
-            name=row.name, plugin=row.plugin, kind=row.kind, region=row.region, node_class=row.node_class,
-            tenant=tenant_slug, home=self.settings.home / "backends" / tenant_slug / row.name,
+            name=row.name,
+            plugin=row.plugin,
+            kind=row.kind,
+            region=row.region,
+            node_class=row.node_class,
+            tenant=tenant_slug,
+            home=self.settings.home / "backends" / tenant_slug / row.name,
             settings=dict(row.settings),
         )
 
     def backend_instance(self, tenant_slug: str, row: Backend) -> Any:
         """The live backend object for a configured backend row (built once per configuration)."""
         config = self._config(tenant_slug, row)
-        key = (row.id, sha256_digest({"plugin": row.plugin, "region": row.region, "settings": row.settings}))
-        cached = self._backend_cache.get(key[:1])
-        if cached is not None and cached[0] == key[1]:
+        fingerprint = sha256_digest({"plugin": row.plugin, "region": row.region, "settings": row.settings})
+        cached = self._backend_cache.get(row.id)
+        if cached is not None and cached[0] == fingerprint:
             return cached[1]
         spec = self.registry.backend_spec(row.kind, row.plugin)
         if spec is None:
@@ -415,7 +484,7 @@ class ControlPlane:
             raise BackendError(
                 f"plugin {row.plugin!r} returned {type(instance).__name__}, not a {spec.interface.__name__}"
             )
-        self._backend_cache[key[:1]] = (key[1], instance)
+        self._backend_cache[row.id] = (fingerprint, instance)
         return instance
 
 
@@ -423,7 +492,9 @@ def _run_check(spec: Any, context: CheckContext) -> CheckResult:
     try:
         outcome = spec.check(context)
     except Exception as exc:
-        return CheckResult.failed(spec.name, f"check raised {type(exc).__name__}: {exc} (a check that fails denies)")
+        return CheckResult.failed(
+            spec.name, f"check raised {type(exc).__name__}: {exc} (a check that fails denies)"
+        )
     if not isinstance(outcome, CheckResult):
         return CheckResult.failed(
             spec.name, f"plugin check returned {type(outcome).__name__}, expected CheckResult (denied)"

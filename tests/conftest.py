@@ -29,8 +29,9 @@ REQUIRE_PG = os.environ.get("FALAJ_REQUIRE_POSTGRES") == "1"
 def _pg_admin() -> Any:
     import psycopg
 
-    return psycopg.connect(PG_URL.replace("postgresql+psycopg://", "postgresql://"), autocommit=True,
-                           connect_timeout=3)
+    return psycopg.connect(
+        PG_URL.replace("postgresql+psycopg://", "postgresql://"), autocommit=True, connect_timeout=3
+    )
 
 
 def _pg_available() -> str | None:
@@ -105,19 +106,37 @@ class World:
     tenant: str = "operator"
     tokens: dict[str, str] = field(default_factory=dict)
 
-    def act(self, kind: str, payload: dict[str, Any] | None = None, *, as_: str = "admin",
-            tenant: str | None = None) -> Any:
+    def act(
+        self,
+        kind: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        as_: str = "admin",
+        tenant: str | None = None,
+    ) -> Any:
         token = self.admin_token if as_ == "admin" else self.tokens[as_]
         return self.plane.execute(
-            Action(kind=kind, tenant=tenant or self.tenant, principal=TokenCredential(token),
-                   payload=payload or {})
+            Action(
+                kind=kind,
+                tenant=tenant or self.tenant,
+                principal=TokenCredential(token),
+                payload=payload or {},
+            )
         )
 
-    def principal(self, name: str, roles: list[str], *, tenant: str | None = None, as_: str = "admin",
-                  kind: str = "user") -> str:
+    def principal(
+        self,
+        name: str,
+        roles: list[str],
+        *,
+        tenant: str | None = None,
+        as_: str = "admin",
+        kind: str = "user",
+    ) -> str:
         """Create a principal with roles and return its token (kept under ``name``)."""
-        created = self.act("principal.create", {"name": name, "roles": roles, "kind": kind}, as_=as_,
-                           tenant=tenant)
+        created = self.act(
+            "principal.create", {"name": name, "roles": roles, "kind": kind}, as_=as_, tenant=tenant
+        )
         assert created.ok, created.message()
         issued = self.act("token.issue", {"principal": name}, as_=as_, tenant=tenant)
         assert issued.ok, issued.message()

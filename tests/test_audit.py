@@ -19,8 +19,9 @@ from falaj.core.domain import AuditCheckpoint, AuditEvent, AuditHead
 
 def fill(world, n: int) -> None:
     for i in range(n):
-        assert world.act("budget.set", {"period": f"20{30 + i // 12:02d}-{i % 12 + 1:02d}",
-                                        "limit_amount": str(100 + i)}).ok
+        assert world.act(
+            "budget.set", {"period": f"20{30 + i // 12:02d}-{i % 12 + 1:02d}", "limit_amount": str(100 + i)}
+        ).ok
 
 
 def verify(world):
@@ -57,8 +58,11 @@ def test_edited_event_with_recomputed_hash_breaks_the_next_link(world):
         row = conn.execute(select(*[getattr(AuditEvent, f) for f in FIELDS]).where(AuditEvent.seq == 5)).one()
         fields = dict(zip(FIELDS, row, strict=True))
         fields["principal"] = "operator/someone-else"
-        conn.execute(update(AuditEvent).where(AuditEvent.seq == 5)
-                     .values(principal=fields["principal"], hash=fast_event_hash(fields)))
+        conn.execute(
+            update(AuditEvent)
+            .where(AuditEvent.seq == 5)
+            .values(principal=fields["principal"], hash=fast_event_hash(fields))
+        )
     report = verify(world)
     assert not report.ok and report.first_bad_seq == 6 and "does not follow" in report.problem
 
@@ -74,14 +78,27 @@ def test_inserted_event_is_detected(world):
     fill(world, 6)
     # Shift events 5.. up by one and insert a forged event at 5 that links to event 4.
     with world.plane.engine.begin() as conn:
-        rows = conn.execute(select(AuditEvent).where(AuditEvent.seq >= 5).order_by(AuditEvent.seq.desc())).all()
+        rows = conn.execute(
+            select(AuditEvent).where(AuditEvent.seq >= 5).order_by(AuditEvent.seq.desc())
+        ).all()
         for r in rows:
             conn.execute(update(AuditEvent).where(AuditEvent.seq == r.seq).values(seq=r.seq + 1))
         prev = conn.execute(select(AuditEvent.hash).where(AuditEvent.seq == 4)).scalar_one()
-        forged = dict(seq=5, ts="2026-01-01T00:00:00.000000Z", tenant="operator", principal="operator/admin",
-                      action="budget.set", resource="budget/x", verdict="allow", outcome="succeeded",
-                      reasons="[]", bundle_digest="sha256:x", payload_digest="sha256:y", prev_hash="f" * 64,
-                      hash="e" * 64)
+        forged = dict(
+            seq=5,
+            ts="2026-01-01T00:00:00.000000Z",
+            tenant="operator",
+            principal="operator/admin",
+            action="budget.set",
+            resource="budget/x",
+            verdict="allow",
+            outcome="succeeded",
+            reasons="[]",
+            bundle_digest="sha256:x",
+            payload_digest="sha256:y",
+            prev_hash="f" * 64,
+            hash="e" * 64,
+        )
         conn.execute(AuditEvent.__table__.insert().values(**forged))
         del prev
     report = verify(world)
@@ -143,10 +160,16 @@ def test_export_verifies_offline_with_only_the_public_key(world, tmp_path):
     result = world.act("audit.export", {"destination": str(out)})
     assert result.ok, result.message()
     assert sorted(p.name for p in out.iterdir()) == [
-        "checkpoints.jsonl", "events.jsonl", "manifest.json", "public_key.pem", "verify.py"]
+        "checkpoints.jsonl",
+        "events.jsonl",
+        "manifest.json",
+        "public_key.pem",
+        "verify.py",
+    ]
     # The shipped verifier runs standalone, outside the falaj package.
-    proc = subprocess.run([sys.executable, "-I", str(out / "verify.py"), str(out)], capture_output=True, text=True,
-                          cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-I", str(out / "verify.py"), str(out)], capture_output=True, text=True, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("OK: 13 events")
 
@@ -155,7 +178,9 @@ def test_export_verifies_offline_with_only_the_public_key(world, tmp_path):
     event["resource"] = "budget/forged"
     lines[4] = json.dumps(event)
     (out / "events.jsonl").write_text("\n".join(lines) + "\n")
-    proc = subprocess.run([sys.executable, "-I", str(out / "verify.py"), str(out)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-I", str(out / "verify.py"), str(out)], capture_output=True, text=True
+    )
     assert proc.returncode == 1 and "first bad seq 5" in proc.stdout
     assert verify_export(out).first_bad_seq == 5
 
@@ -211,8 +236,12 @@ def test_two_processes_on_postgres_never_fork_the_chain(world, tmp_path):
         "    assert r.ok, r.message()\n"
     )
     url = world.settings.database_url
-    procs = [subprocess.Popen([sys.executable, str(script), str(world.settings.home), url, world.admin_token, str(k)])
-             for k in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(world.settings.home), url, world.admin_token, str(k)]
+        )
+        for k in range(2)
+    ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     report = verify(world)
     assert report.ok, report.problem

@@ -20,11 +20,19 @@ from falaj.core.domain import (
 from falaj.core.plugin import PolicyCheckSpec, create_plugin_manager, hookimpl
 from falaj.core.plugin.manager import module_from_object
 
-DATASET = {"name": "customers", "classification": "personal", "residency": "AE", "subject_column": "cid",
-           "schema": {"cid": "string", "age": "int"}}
+DATASET = {
+    "name": "customers",
+    "classification": "personal",
+    "residency": "AE",
+    "subject_column": "cid",
+    "schema": {"cid": "string", "age": "int"},
+}
 
-STATE_TABLES = [t for t in Base.metadata.sorted_tables if t.name not in ("audit_events", "audit_head",
-                                                                         "audit_checkpoints", "operations")]
+STATE_TABLES = [
+    t
+    for t in Base.metadata.sorted_tables
+    if t.name not in ("audit_events", "audit_head", "audit_checkpoints", "operations")
+]
 
 
 def counts(world) -> dict[str, int]:
@@ -63,7 +71,11 @@ def test_allowed_action_changes_state_and_is_audited(world):
     assert all(c.outcome == "pass" for c in result.decision.checks)
     event = last_event(world)
     assert (event.action, event.resource, event.verdict, event.outcome) == (
-        "dataset.register", "dataset/customers", "allow", "succeeded")
+        "dataset.register",
+        "dataset/customers",
+        "allow",
+        "succeeded",
+    )
     assert event.principal == "operator/eng"
     assert event.bundle_digest == world.plane.bundle.digest
     with world.plane.sessions() as s:
@@ -112,43 +124,54 @@ def test_malformed_payload_names_the_field(world):
 def test_unknown_disabled_revoked_and_expired_credentials(world):
     world.principal("eng", ["ml-engineer"])
     before = counts(world)
-    bogus = world.plane.execute(Action("dataset.register", "operator", TokenCredential("flj_000000000000_nope"),
-                                       DATASET))
+    bogus = world.plane.execute(
+        Action("dataset.register", "operator", TokenCredential("flj_000000000000_nope"), DATASET)
+    )
     assert_denied_and_audited(world, bogus, "authenticate", "unknown API token", before)
     assert last_event(world).principal == "token:000000000000"
-    malformed = world.plane.execute(Action("dataset.register", "operator", TokenCredential("hunter2"), DATASET))
+    malformed = world.plane.execute(
+        Action("dataset.register", "operator", TokenCredential("hunter2"), DATASET)
+    )
     assert_denied_and_audited(world, malformed, "authenticate", "malformed API token", before)
     assert "hunter2" not in last_event(world).principal
 
     prefix = world.tokens["eng"].split("_")[1]
     with world.plane.sessions() as s, s.begin():
-        s.execute(update(ApiToken).where(ApiToken.prefix == prefix)
-                  .values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+        s.execute(
+            update(ApiToken)
+            .where(ApiToken.prefix == prefix)
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
     before = counts(world)
-    assert_denied_and_audited(world, world.act("dataset.register", DATASET, as_="eng"), "authenticate",
-                              "has expired", before)
+    assert_denied_and_audited(
+        world, world.act("dataset.register", DATASET, as_="eng"), "authenticate", "has expired", before
+    )
 
     assert world.act("token.revoke", {"prefix": prefix}).ok
     before = counts(world)
-    assert_denied_and_audited(world, world.act("dataset.register", DATASET, as_="eng"), "authenticate",
-                              "was revoked", before)
+    assert_denied_and_audited(
+        world, world.act("dataset.register", DATASET, as_="eng"), "authenticate", "was revoked", before
+    )
 
     world.principal("eng2", ["ml-engineer"])
     assert world.act("principal.disable", {"name": "eng2"}).ok
     before = counts(world)
-    assert_denied_and_audited(world, world.act("dataset.register", DATASET, as_="eng2"), "authenticate",
-                              "is disabled", before)
+    assert_denied_and_audited(
+        world, world.act("dataset.register", DATASET, as_="eng2"), "authenticate", "is disabled", before
+    )
 
 
 def test_principal_ref_for_in_process_services(world):
     world.principal("scheduler", ["service"], kind="service")
     with world.plane.sessions() as s:
         pid = s.scalar(select(Principal.id).where(Principal.name == "scheduler"))
-    ok = world.plane.execute(Action("cost.record", "operator", PrincipalRef(pid),
-                                    {"resource": "training/x", "amount": "1.25"}))
+    ok = world.plane.execute(
+        Action("cost.record", "operator", PrincipalRef(pid), {"resource": "training/x", "amount": "1.25"})
+    )
     assert ok.ok, ok.message()
-    denied = world.plane.execute(Action("cost.record", "operator", PrincipalRef("0" * 32),
-                                        {"resource": "training/x", "amount": "1"}))
+    denied = world.plane.execute(
+        Action("cost.record", "operator", PrincipalRef("0" * 32), {"resource": "training/x", "amount": "1"})
+    )
     assert denied.outcome == "denied" and "unknown principal" in denied.message()
 
 
@@ -173,7 +196,9 @@ def test_tenant_disabled_denies_everything(world):
 def test_known_kind_without_handler_is_denied(world):
     world.principal("eng", ["ml-engineer"])
     before = counts(world)
-    result = world.act("training.submit", {"name": "run1", "backend": "none", "inputs": ["customers"]}, as_="eng")
+    result = world.act(
+        "training.submit", {"name": "run1", "backend": "none", "inputs": ["customers"]}, as_="eng"
+    )
     assert_denied_and_audited(world, result, "handler", "no handler for it is installed", before)
 
 
@@ -205,8 +230,9 @@ def _plane_with(world, plugin):
     from falaj.core.pipeline import ControlPlane
 
     registry = create_plugin_manager(load_entrypoints=False, extra=[("house-rules", plugin)])
-    return ControlPlane(world.settings, engine=world.plane.engine, registry=registry,
-                        signer=world.plane.signer)
+    return ControlPlane(
+        world.settings, engine=world.plane.engine, registry=registry, signer=world.plane.signer
+    )
 
 
 def test_plugin_policy_check_runs_and_can_deny(world):
@@ -219,8 +245,12 @@ def test_plugin_policy_check_runs_and_can_deny(world):
             return CheckResult.failed("no-friday", "no models named friday", "house rule 7")
         return CheckResult.passed("no-friday", "fine")
 
-    plugin = module_from_object("house", falaj_policy_checks=hookimpl(
-        lambda: [PolicyCheckSpec(name="no-friday", check=no_friday, kinds=frozenset({"model.register"}))]))
+    plugin = module_from_object(
+        "house",
+        falaj_policy_checks=hookimpl(
+            lambda: [PolicyCheckSpec(name="no-friday", check=no_friday, kinds=frozenset({"model.register"}))]
+        ),
+    )
     plane = _plane_with(world, plugin)
     tok = TokenCredential(world.tokens["eng"])
     ok = plane.execute(Action("model.register", "operator", tok, {"name": "monday"}))
@@ -233,14 +263,20 @@ def test_plugin_policy_check_runs_and_can_deny(world):
 
 def test_plugin_check_returning_garbage_or_raising_denies(world):
     world.principal("eng", ["ml-engineer"])
-    plugin = module_from_object("garbage", falaj_policy_checks=hookimpl(lambda: [
-        PolicyCheckSpec(name="garbage", check=lambda ctx: {"allow": True}),
-        PolicyCheckSpec(name="raises", check=lambda ctx: 1 / 0),
-    ]))
+    plugin = module_from_object(
+        "garbage",
+        falaj_policy_checks=hookimpl(
+            lambda: [
+                PolicyCheckSpec(name="garbage", check=lambda ctx: {"allow": True}),
+                PolicyCheckSpec(name="raises", check=lambda ctx: 1 / 0),
+            ]
+        ),
+    )
     plane = _plane_with(world, plugin)
     before = counts(world)
-    result = plane.execute(Action("model.register", "operator", TokenCredential(world.tokens["eng"]),
-                                  {"name": "m"}))
+    result = plane.execute(
+        Action("model.register", "operator", TokenCredential(world.tokens["eng"]), {"name": "m"})
+    )
     assert result.outcome == "denied"
     reasons = {c.check: c.reason for c in result.decision.failures}
     assert "returned dict, expected CheckResult" in reasons["garbage"]
@@ -251,8 +287,16 @@ def test_plugin_check_returning_garbage_or_raising_denies(world):
 def test_backend_that_raises_leaves_failed_record_and_no_partial_state(world):
     before = counts(world)
     # The handler writes the backend row, then the plugin's factory refuses the settings and raises.
-    result = world.act("backend.register", {"name": "store", "kind": "storage", "plugin": "local",
-                                            "region": "me-central-1", "settings": {"root": 5}})
+    result = world.act(
+        "backend.register",
+        {
+            "name": "store",
+            "kind": "storage",
+            "plugin": "local",
+            "region": "me-central-1",
+            "settings": {"root": 5},
+        },
+    )
     assert result.outcome == "failed" and result.error_type == "backend"
     assert "could not start backend" in result.error
     assert counts(world) == before
@@ -268,12 +312,22 @@ def test_backend_that_raises_leaves_failed_record_and_no_partial_state(world):
 def test_backend_plugin_returning_garbage_fails_cleanly(world):
     from falaj.core.plugin import StorageBackendSpec
 
-    plugin = module_from_object("junk", falaj_storage_backends=hookimpl(
-        lambda: [StorageBackendSpec(name="junk", factory=lambda config: {"not": "a store"})]))
+    plugin = module_from_object(
+        "junk",
+        falaj_storage_backends=hookimpl(
+            lambda: [StorageBackendSpec(name="junk", factory=lambda config: {"not": "a store"})]
+        ),
+    )
     plane = _plane_with(world, plugin)
     before = counts(world)
-    result = plane.execute(Action("backend.register", "operator", TokenCredential(world.admin_token),
-                                  {"name": "j", "kind": "storage", "plugin": "junk", "region": "me-central-1"}))
+    result = plane.execute(
+        Action(
+            "backend.register",
+            "operator",
+            TokenCredential(world.admin_token),
+            {"name": "j", "kind": "storage", "plugin": "junk", "region": "me-central-1"},
+        )
+    )
     assert result.outcome == "failed"
     assert "returned dict, not a ArtifactStore" in result.error
     assert counts(world) == before
@@ -283,18 +337,30 @@ def test_model_version_needs_the_artifact_in_the_store(world, tmp_path):
     import io
 
     world.principal("eng", ["ml-engineer"])
-    assert world.act("backend.register", {"name": "store", "kind": "storage", "plugin": "local",
-                                          "region": "me-central-1"}).ok
+    assert world.act(
+        "backend.register", {"name": "store", "kind": "storage", "plugin": "local", "region": "me-central-1"}
+    ).ok
     assert world.act("model.register", {"name": "churn"}, as_="eng").ok
-    missing = world.act("model_version.register", {"model": "churn", "storage_backend": "store",
-                                                   "artifact_digest": "sha256:" + "ab" * 32}, as_="eng")
+    missing = world.act(
+        "model_version.register",
+        {"model": "churn", "storage_backend": "store", "artifact_digest": "sha256:" + "ab" * 32},
+        as_="eng",
+    )
     assert missing.outcome == "failed" and "upload it first" in missing.error
     with world.plane.sessions() as s:
         row = s.scalar(select(Backend).where(Backend.name == "store"))
         store = world.plane.backend_instance("operator", row)
     info = store.put(io.BytesIO(b"onnx bytes"), tenant="operator")
-    ok = world.act("model_version.register", {"model": "churn", "storage_backend": "store",
-                                              "artifact_digest": info.digest, "metrics": {"auc": 0.9}}, as_="eng")
+    ok = world.act(
+        "model_version.register",
+        {
+            "model": "churn",
+            "storage_backend": "store",
+            "artifact_digest": info.digest,
+            "metrics": {"auc": 0.9},
+        },
+        as_="eng",
+    )
     assert ok.ok and ok.data["version"] == 1
     alias = world.act("model_alias.set", {"model": "churn", "alias": "champion", "version": 1}, as_="eng")
     assert alias.ok
@@ -304,11 +370,18 @@ def test_explain_writes_nothing(world):
     world.principal("eng", ["ml-engineer"])
     head = world.plane.audit.head(world.plane.engine)
     before = counts(world)
-    decision = world.plane.explain(Action("dataset.register", "operator", TokenCredential(world.tokens["eng"]),
-                                          DATASET))
+    decision = world.plane.explain(
+        Action("dataset.register", "operator", TokenCredential(world.tokens["eng"]), DATASET)
+    )
     assert decision.allowed
-    denied = world.plane.explain(Action("tenant.create", "operator", TokenCredential(world.tokens["eng"]),
-                                        {"slug": "x", "display_name": "X"}))
+    denied = world.plane.explain(
+        Action(
+            "tenant.create",
+            "operator",
+            TokenCredential(world.tokens["eng"]),
+            {"slug": "x", "display_name": "X"},
+        )
+    )
     assert not denied.allowed and denied.failures[0].check == "rbac"
     assert counts(world) == before and world.plane.audit.head(world.plane.engine) == head
 
@@ -320,10 +393,19 @@ def test_observers_are_called_and_cannot_break_the_pipeline(world):
         seen.append((kind, outcome, audit_seq))
         raise RuntimeError("observer bug")
 
-    plugin = module_from_object("obs", falaj_after_action=hookimpl(after),
-                                falaj_before_action=hookimpl(lambda kind, verdict: seen.append((kind, verdict))))
+    plugin = module_from_object(
+        "obs",
+        falaj_after_action=hookimpl(after),
+        falaj_before_action=hookimpl(lambda kind, verdict: seen.append((kind, verdict))),
+    )
     plane = _plane_with(world, plugin)
-    result = plane.execute(Action("budget.set", "operator", TokenCredential(world.admin_token),
-                                  {"period": "2026-12", "limit_amount": "5000"}))
+    result = plane.execute(
+        Action(
+            "budget.set",
+            "operator",
+            TokenCredential(world.admin_token),
+            {"period": "2026-12", "limit_amount": "5000"},
+        )
+    )
     assert result.ok
     assert seen == [("budget.set", "allow"), ("budget.set", "succeeded", result.audit_seq)]

@@ -45,7 +45,9 @@ def _token(token: str | None) -> TokenCredential:
 token_option = click.option(
     "--token", envvar="FALAJ_TOKEN", help="API token (or FALAJ_TOKEN).", show_envvar=True
 )
-tenant_option = click.option("--tenant", envvar="FALAJ_TENANT", required=True, help="Tenant slug (or FALAJ_TENANT).")
+tenant_option = click.option(
+    "--tenant", envvar="FALAJ_TENANT", required=True, help="Tenant slug (or FALAJ_TENANT)."
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,8 +78,17 @@ def init(tenant: str, display_name: str, admin: str, as_json: bool) -> None:
     except FalajError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
-        click.echo(json.dumps({"tenant": boot.tenant, "admin": boot.admin, "token": boot.token,
-                               "audit_key_id": boot.audit_key_id, "home": str(settings.home)}))
+        click.echo(
+            json.dumps(
+                {
+                    "tenant": boot.tenant,
+                    "admin": boot.admin,
+                    "token": boot.token,
+                    "audit_key_id": boot.audit_key_id,
+                    "home": str(settings.home),
+                }
+            )
+        )
         return
     console.print(f"[green]Initialised[/] {settings.home} (database {_redact(settings.database_url)})")
     console.print(f"Operator tenant [bold]{boot.tenant}[/], admin [bold]{boot.admin}[/]")
@@ -114,9 +125,10 @@ def actions() -> None:
     table.add_column("payload fields")
     for kind in ActionKind:
         fields = PAYLOADS[kind].model_fields
-        table.add_row(kind.value, ", ".join(
-            (f.alias or name) + ("" if f.is_required() else "?") for name, f in fields.items()
-        ))
+        table.add_row(
+            kind.value,
+            ", ".join((f.alias or name) + ("" if f.is_required() else "?") for name, f in fields.items()),
+        )
     console.print(table)
 
 
@@ -171,8 +183,12 @@ def audit() -> None:
 
 
 @audit.command("verify")
-@click.option("--export", "export_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Verify an export folder instead of the live database.")
+@click.option(
+    "--export",
+    "export_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Verify an export folder instead of the live database.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def audit_verify(export_dir: Path | None, as_json: bool) -> None:
     """Check every event's hash and link, the chain head and every signed checkpoint.
@@ -210,8 +226,13 @@ def audit_verify(export_dir: Path | None, as_json: bool) -> None:
 @audit.command("export")
 @tenant_option
 @token_option
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="New folder to write the export to.")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="New folder to write the export to.",
+)
 def audit_export(tenant: str, token: str | None, out: Path) -> None:
     """Export the log, the signed checkpoints, the public key and a standalone verifier (governed).
 
@@ -219,8 +240,11 @@ def audit_export(tenant: str, token: str | None, out: Path) -> None:
     """
     plane = _plane()
     try:
-        result = plane.execute(Action(kind="audit.export", tenant=tenant, principal=_token(token),
-                                      payload={"destination": str(out)}))
+        result = plane.execute(
+            Action(
+                kind="audit.export", tenant=tenant, principal=_token(token), payload={"destination": str(out)}
+            )
+        )
     finally:
         plane.close()
     _print_result(result, False)
@@ -229,8 +253,12 @@ def audit_export(tenant: str, token: str | None, out: Path) -> None:
 
 
 @cli.command()
-@click.option("--home", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Where the demo keeps its state (default: a new folder under FALAJ_HOME).")
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where the demo keeps its state (default: a new folder under FALAJ_HOME).",
+)
 def demo(home: Path | None) -> None:
     """Run the governed flow end to end on the embedded default and print a summary."""
     from falaj.api.cli.demo import run_demo
@@ -267,11 +295,21 @@ def _print_decision(decision: Any) -> None:
 
 def _print_result(result: Any, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps({
-            "operation_id": result.operation_id, "kind": result.kind, "outcome": result.outcome,
-            "decision": result.decision.as_dict(), "data": result.data, "error": result.error,
-            "audit_seq": result.audit_seq,
-        }, indent=2, default=str))
+        click.echo(
+            json.dumps(
+                {
+                    "operation_id": result.operation_id,
+                    "kind": result.kind,
+                    "outcome": result.outcome,
+                    "decision": result.decision.as_dict(),
+                    "data": result.data,
+                    "error": result.error,
+                    "audit_seq": result.audit_seq,
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return
     colour = "green" if result.ok else "red"
     console.print(f"[{colour}]{result.outcome}[/] {result.kind} {result.resource}: {result.message()}")
@@ -280,8 +318,14 @@ def _print_result(result: Any, as_json: bool) -> None:
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 def _redact(url: str) -> str:

@@ -18,8 +18,8 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from falaj.core.audit import verifier
-from falaj.core.db import read_only
 from falaj.core.audit.verifier import FIELDS, Checkpoint, VerifyReport, checkpoint_message
+from falaj.core.db import read_only
 from falaj.core.domain import AuditCheckpoint, AuditEvent, AuditHead
 from falaj.core.keys import AuditSigner
 
@@ -116,7 +116,10 @@ class AuditLog:
         assert self.signer is not None
         signature = base64.b64encode(self.signer.sign(checkpoint_message(seq, head_hash))).decode("ascii")
         row = AuditCheckpoint(
-            seq=seq, hash=head_hash, ts=rfc3339(datetime.now(UTC)), key_id=self.signer.key_id,
+            seq=seq,
+            hash=head_hash,
+            ts=rfc3339(datetime.now(UTC)),
+            key_id=self.signer.key_id,
             signature=signature,
         )
         session.add(row)

@@ -3,4 +3,13 @@
 from falaj.core.handlers import governance, identity, resources
 from falaj.core.handlers.base import HANDLERS, Handler, HandlerContext, Outcome, handles
 
-__all__ = ["HANDLERS", "Handler", "HandlerContext", "Outcome", "governance", "handles", "identity", "resources"]
+__all__ = [
+    "HANDLERS",
+    "Handler",
+    "HandlerContext",
+    "Outcome",
+    "governance",
+    "handles",
+    "identity",
+    "resources",
+]

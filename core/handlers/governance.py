@@ -26,8 +26,14 @@ from falaj.core.policy import PolicyError, load_bundle
 def record_cost(ctx: HandlerContext) -> Outcome:
     p: CostRecordPayload = typed(ctx, CostRecordPayload)
     backend_id = ctx.backend(p.backend, "cost").id if p.backend else None
-    row = CostRecord(tenant_id=ctx.tenant.id, operation_id=ctx.operation_id, backend_id=backend_id,
-                     resource=p.resource, amount=p.amount, currency=p.currency)
+    row = CostRecord(
+        tenant_id=ctx.tenant.id,
+        operation_id=ctx.operation_id,
+        backend_id=backend_id,
+        resource=p.resource,
+        amount=p.amount,
+        currency=p.currency,
+    )
     ctx.session.add(row)
     ctx.session.flush()
     return Outcome({"cost_id": row.id, "amount": str(p.amount), "currency": p.currency})
@@ -36,9 +42,13 @@ def record_cost(ctx: HandlerContext) -> Outcome:
 @handles(ActionKind.BUDGET_SET)
 def set_budget(ctx: HandlerContext) -> Outcome:
     p: BudgetSet = typed(ctx, BudgetSet)
-    row = ctx.session.scalar(select(Budget).where(Budget.tenant_id == ctx.tenant.id, Budget.period == p.period))
+    row = ctx.session.scalar(
+        select(Budget).where(Budget.tenant_id == ctx.tenant.id, Budget.period == p.period)
+    )
     if row is None:
-        row = Budget(tenant_id=ctx.tenant.id, period=p.period, limit_amount=p.limit_amount, currency=p.currency)
+        row = Budget(
+            tenant_id=ctx.tenant.id, period=p.period, limit_amount=p.limit_amount, currency=p.currency
+        )
         ctx.session.add(row)
     else:
         row.limit_amount, row.currency = p.limit_amount, p.currency
@@ -82,12 +92,18 @@ def reload_policy(ctx: HandlerContext) -> Outcome:
     except PolicyError as exc:
         raise ValidationError(f"policy bundle refused, the bundle in force stays: {exc}") from exc
     previous = ctx.plane.bundle.digest
-    if ctx.session.scalar(select(PolicyBundleRecord.id).where(PolicyBundleRecord.digest == bundle.digest)) is None:
-        ctx.session.add(PolicyBundleRecord(
-            digest=bundle.digest, source=bundle.source,
-            files={name: data.decode("utf-8") for name, data in bundle.files.items()},
-            loaded_by=ctx.principal.id,
-        ))
+    if (
+        ctx.session.scalar(select(PolicyBundleRecord.id).where(PolicyBundleRecord.digest == bundle.digest))
+        is None
+    ):
+        ctx.session.add(
+            PolicyBundleRecord(
+                digest=bundle.digest,
+                source=bundle.source,
+                files={name: data.decode("utf-8") for name, data in bundle.files.items()},
+                loaded_by=ctx.principal.id,
+            )
+        )
     # Swap only once this transaction commits, so a failed reload leaves the old bundle in force.
     ctx.session.info.setdefault("falaj.after_commit", []).append(lambda: ctx.plane.use_bundle(bundle))
     return Outcome({"previous_digest": previous, "digest": bundle.digest, "version": bundle.version})
@@ -106,5 +122,6 @@ def export_audit(ctx: HandlerContext) -> Outcome:
     if folder.exists() and any(folder.iterdir()):
         raise ConflictError(f"{folder} is not empty: choose a new folder for the export")
     manifest = ctx.plane.audit.export(ctx.plane.engine, folder)
-    return Outcome({"destination": str(folder.resolve()), "events": manifest["events"],
-                    "head_seq": manifest["head_seq"]})
+    return Outcome(
+        {"destination": str(folder.resolve()), "events": manifest["events"], "head_seq": manifest["head_seq"]}
+    )

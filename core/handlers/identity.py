@@ -59,7 +59,9 @@ def create_tenant(ctx: HandlerContext) -> Outcome:
 def update_tenant(ctx: HandlerContext) -> Outcome:
     p: TenantUpdate = typed(ctx, TenantUpdate)
     if p.slug != ctx.tenant.slug:
-        raise ValidationError(f"slug {p.slug!r} must name the tenant the action runs in ({ctx.tenant.slug!r})")
+        raise ValidationError(
+            f"slug {p.slug!r} must name the tenant the action runs in ({ctx.tenant.slug!r})"
+        )
     if p.ruleset is not None and p.ruleset not in ctx.plane.bundle.known_rulesets:
         raise ValidationError(f"unknown ruleset {p.ruleset!r}")
     if p.display_name is not None:
@@ -85,9 +87,13 @@ def create_principal(ctx: HandlerContext) -> Outcome:
     ctx.session.flush()
     for role in sorted(set(p.roles)):
         ctx.session.add(
-            RoleAssignment(tenant_id=ctx.tenant.id, principal_id=principal.id, role=role, granted_by=ctx.principal.id)
+            RoleAssignment(
+                tenant_id=ctx.tenant.id, principal_id=principal.id, role=role, granted_by=ctx.principal.id
+            )
         )
-    return Outcome({"principal_id": principal.id, "name": principal.name, "kind": p.kind, "roles": sorted(set(p.roles))})
+    return Outcome(
+        {"principal_id": principal.id, "name": principal.name, "kind": p.kind, "roles": sorted(set(p.roles))}
+    )
 
 
 @handles(ActionKind.PRINCIPAL_DISABLE)
@@ -110,12 +116,19 @@ def issue_token(ctx: HandlerContext) -> Outcome:
     expires = datetime.now(UTC) + timedelta(days=p.expires_in_days) if p.expires_in_days else None
     ctx.session.add(
         ApiToken(
-            principal_id=principal.id, prefix=token.prefix, secret_hash=token.secret_hash,
-            description=p.description, expires_at=expires,
+            principal_id=principal.id,
+            prefix=token.prefix,
+            secret_hash=token.secret_hash,
+            description=p.description,
+            expires_at=expires,
         )
     )
     return Outcome(
-        {"prefix": token.prefix, "principal": principal.name, "expires_at": expires.isoformat() if expires else None},
+        {
+            "prefix": token.prefix,
+            "principal": principal.name,
+            "expires_at": expires.isoformat() if expires else None,
+        },
         secret=token.token,
     )
 
@@ -150,7 +163,9 @@ def assign_role(ctx: HandlerContext) -> Outcome:
     if exists is not None:
         raise ConflictError(f"{p.principal!r} already has role {p.role!r}")
     ctx.session.add(
-        RoleAssignment(tenant_id=ctx.tenant.id, principal_id=principal.id, role=p.role, granted_by=ctx.principal.id)
+        RoleAssignment(
+            tenant_id=ctx.tenant.id, principal_id=principal.id, role=p.role, granted_by=ctx.principal.id
+        )
     )
     return Outcome({"principal": principal.name, "role": p.role})
 

@@ -47,8 +47,13 @@ def register_backend(ctx: HandlerContext) -> Outcome:
     if exists is not None:
         raise ConflictError(f"backend {p.name!r} already exists in tenant {ctx.tenant.slug!r}")
     row = Backend(
-        tenant_id=ctx.tenant.id, name=p.name, kind=p.kind, plugin=spec.name, region=p.region,
-        node_class=p.node_class, settings=p.settings,
+        tenant_id=ctx.tenant.id,
+        name=p.name,
+        kind=p.kind,
+        plugin=spec.name,
+        region=p.region,
+        node_class=p.node_class,
+        settings=p.settings,
     )
     ctx.session.add(row)
     ctx.session.flush()
@@ -60,7 +65,9 @@ def register_backend(ctx: HandlerContext) -> Outcome:
 @handles(ActionKind.BACKEND_DISABLE)
 def disable_backend(ctx: HandlerContext) -> Outcome:
     p: BackendName = typed(ctx, BackendName)
-    row = ctx.session.scalar(select(Backend).where(Backend.tenant_id == ctx.tenant.id, Backend.name == p.name))
+    row = ctx.session.scalar(
+        select(Backend).where(Backend.tenant_id == ctx.tenant.id, Backend.name == p.name)
+    )
     if row is None:
         raise NotFoundError(f"no backend named {p.name!r} in tenant {ctx.tenant.slug!r}")
     row.enabled = False
@@ -75,15 +82,24 @@ def register_dataset(ctx: HandlerContext) -> Outcome:
         storage_id = ctx.backend(p.storage_backend, "storage").id
     if p.classification in ("personal", "sensitive", "health") and not p.subject_column:
         raise ValidationError(
-            f"subject_column is required for {p.classification} data, so consent and erasure can find subjects"
+            f"subject_column is required for {p.classification} data, "
+            "so consent and erasure can find the data subjects"
         )
     latest = ctx.session.scalar(
         select(func.max(Dataset.version)).where(Dataset.tenant_id == ctx.tenant.id, Dataset.name == p.name)
     )
     row = Dataset(
-        tenant_id=ctx.tenant.id, name=p.name, version=(latest or 0) + 1, classification=p.classification,
-        residency=p.residency, legal_basis=p.legal_basis, uri=p.uri, storage_backend_id=storage_id,
-        schema=p.schema_, digest=p.digest, subject_column=p.subject_column,
+        tenant_id=ctx.tenant.id,
+        name=p.name,
+        version=(latest or 0) + 1,
+        classification=p.classification,
+        residency=p.residency,
+        legal_basis=p.legal_basis,
+        uri=p.uri,
+        storage_backend_id=storage_id,
+        schema=p.schema_,
+        digest=p.digest,
+        subject_column=p.subject_column,
     )
     ctx.session.add(row)
     ctx.session.flush()
@@ -118,8 +134,13 @@ def record_consent(ctx: HandlerContext) -> Outcome:
         )
     )
     if row is None:
-        row = ConsentRecord(tenant_id=ctx.tenant.id, subject_id=p.subject_id, purpose=p.purpose,
-                            granted_at=granted, evidence=p.evidence)
+        row = ConsentRecord(
+            tenant_id=ctx.tenant.id,
+            subject_id=p.subject_id,
+            purpose=p.purpose,
+            granted_at=granted,
+            evidence=p.evidence,
+        )
         ctx.session.add(row)
     else:
         # Consent given again after a withdrawal: a fresh grant, evidence replaced.
@@ -142,7 +163,9 @@ def withdraw_consent(ctx: HandlerContext) -> Outcome:
         raise NotFoundError(f"no consent of subject {p.subject_id!r} for purpose {p.purpose!r}")
     if row.withdrawn_at is None:
         row.withdrawn_at = datetime.now(UTC)
-    return Outcome({"subject_id": p.subject_id, "purpose": p.purpose, "withdrawn_at": row.withdrawn_at.isoformat()})
+    return Outcome(
+        {"subject_id": p.subject_id, "purpose": p.purpose, "withdrawn_at": row.withdrawn_at.isoformat()}
+    )
 
 
 def _model(ctx: HandlerContext, name: str) -> Model:
@@ -178,17 +201,32 @@ def register_model_version(ctx: HandlerContext) -> Outcome:
         run = ctx.session.get(TrainingRun, p.training_run_id)
         if run is None or run.tenant_id != ctx.tenant.id:
             raise NotFoundError(f"no training run {p.training_run_id}")
-    latest = ctx.session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id))
+    latest = ctx.session.scalar(
+        select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id)
+    )
     version = ModelVersion(
-        model_id=model.id, version=(latest or 0) + 1, artifact_digest=p.artifact_digest,
-        artifact_uri=f"{backend.name}:{p.artifact_digest}", storage_backend_id=backend.id,
-        training_run_id=p.training_run_id, metrics=p.metrics, signature_bundle=p.signature_bundle,
+        model_id=model.id,
+        version=(latest or 0) + 1,
+        artifact_digest=p.artifact_digest,
+        artifact_uri=f"{backend.name}:{p.artifact_digest}",
+        storage_backend_id=backend.id,
+        training_run_id=p.training_run_id,
+        metrics=p.metrics,
+        signature_bundle=p.signature_bundle,
     )
     ctx.session.add(version)
     ctx.session.flush()
     if run is not None:
-        ctx.session.add(LineageEdge(tenant_id=ctx.tenant.id, source_type="training_run", source_id=run.id,
-                                    target_type="model_version", target_id=version.id, relation="produced"))
+        ctx.session.add(
+            LineageEdge(
+                tenant_id=ctx.tenant.id,
+                source_type="training_run",
+                source_id=run.id,
+                target_type="model_version",
+                target_id=version.id,
+                relation="produced",
+            )
+        )
     return Outcome({"model_version_id": version.id, "model": model.name, "version": version.version})
 
 
@@ -201,11 +239,15 @@ def set_model_alias(ctx: HandlerContext) -> Outcome:
     )
     if version is None:
         raise NotFoundError(f"model {p.model!r} has no version {p.version}")
-    alias = ctx.session.scalar(select(ModelAlias).where(ModelAlias.model_id == model.id, ModelAlias.alias == p.alias))
+    alias = ctx.session.scalar(
+        select(ModelAlias).where(ModelAlias.model_id == model.id, ModelAlias.alias == p.alias)
+    )
     previous = None
     if alias is None:
         ctx.session.add(ModelAlias(model_id=model.id, alias=p.alias, model_version_id=version.id))
     else:
         previous = alias.model_version_id
         alias.model_version_id = version.id
-    return Outcome({"model": model.name, "alias": p.alias, "version": p.version, "previous_version_id": previous})
+    return Outcome(
+        {"model": model.name, "alias": p.alias, "version": p.version, "previous_version_id": previous}
+    )

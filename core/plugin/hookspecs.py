@@ -137,7 +137,12 @@ def falaj_before_action(kind: str, tenant: str, principal: str, resource: str, v
 
 @hookspec
 def falaj_after_action(
-    kind: str, tenant: str, principal: str, resource: str, outcome: str, audit_seq: int | None,
+    kind: str,
+    tenant: str,
+    principal: str,
+    resource: str,
+    outcome: str,
+    audit_seq: int | None,
     result: dict[str, Any],
 ) -> None:
     """Observe an action after its transaction committed.

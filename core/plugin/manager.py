@@ -100,7 +100,8 @@ class PluginRegistry:
                     info.name, f"falaj_policy_checks returned {type(item).__name__}, expected PolicyCheckSpec"
                 )
             staged_checks.append(item)
-        for spec in [*staged_backends, *staged_checks]:
+        staged: list[BackendSpec | PolicyCheckSpec] = [*staged_backends, *staged_checks]
+        for spec in staged:
             if spec.api_version > HOOK_API_VERSION:
                 raise PluginError(
                     info.name,

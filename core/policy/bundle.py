@@ -41,7 +41,8 @@ class RbacRule:
 
     @property
     def text(self) -> str:
-        return f"{POLICY_FILE}:{self.line}: p, {self.role}, {self.tenant}, {self.resource}, {self.verb}, {self.effect}"
+        line = ", ".join(("p", self.role, self.tenant, self.resource, self.verb, self.effect))
+        return f"{POLICY_FILE}:{self.line}: {line}"
 
 
 @dataclass(frozen=True)
@@ -148,11 +149,15 @@ def _parse_rules(text: str, known_roles: frozenset[str]) -> list[RbacRule]:
             raise PolicyError(POLICY_FILE, lineno, f"expected a 'p' line, got {fields[0]!r}")
         if len(fields) != 6:
             raise PolicyError(
-                POLICY_FILE, lineno, f"expected 6 fields (p, role, tenant, resource, verb, effect), got {len(fields)}"
+                POLICY_FILE,
+                lineno,
+                f"expected 6 fields (p, role, tenant, resource, verb, effect), got {len(fields)}",
             )
         _, role, tenant, resource, verb, effect = fields
         if role not in known_roles:
-            raise PolicyError(POLICY_FILE, lineno, f"unknown role {role!r}: add it to bundle.toml [roles] known")
+            raise PolicyError(
+                POLICY_FILE, lineno, f"unknown role {role!r}: add it to bundle.toml [roles] known"
+            )
         if effect not in EFFECTS:
             raise PolicyError(POLICY_FILE, lineno, f"effect must be allow or deny, got {effect!r}")
         if not resource or not verb or not tenant:

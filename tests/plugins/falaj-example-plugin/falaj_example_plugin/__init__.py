@@ -51,28 +51,38 @@ class MemoryStore(ArtifactStore):
         self.blobs.pop((tenant, digest), None)
 
     def list(self, *, tenant: str) -> Iterable[ArtifactInfo]:
-        return [ArtifactInfo(d, len(b), f"memory://{t}/{d}") for (t, d), b in self.blobs.items() if t == tenant]
+        return [
+            ArtifactInfo(d, len(b), f"memory://{t}/{d}") for (t, d), b in self.blobs.items() if t == tenant
+        ]
 
 
 def no_test_names_in_production(ctx: CheckContext) -> CheckResult:
     """Refuses models whose name starts with ``tmp-`` (a house rule of the example company)."""
     name = str(ctx.payload.get("name", ""))
     if name.startswith("tmp-"):
-        return CheckResult.failed("example-naming", f"model name {name!r} uses the reserved prefix 'tmp-'",
-                                  "example-plugin: naming rule 1")
+        return CheckResult.failed(
+            "example-naming",
+            f"model name {name!r} uses the reserved prefix 'tmp-'",
+            "example-plugin: naming rule 1",
+        )
     return CheckResult.passed("example-naming", "model name is acceptable", "example-plugin: naming rule 1")
 
 
 @hookimpl
 def falaj_storage_backends() -> Iterable[StorageBackendSpec]:
-    yield StorageBackendSpec(name="memory", factory=MemoryStore, description="in-memory store (example)",
-                             capabilities=frozenset({"cpu"}))
+    yield StorageBackendSpec(
+        name="memory",
+        factory=MemoryStore,
+        description="in-memory store (example)",
+        capabilities=frozenset({"cpu"}),
+    )
 
 
 @hookimpl
 def falaj_policy_checks() -> Iterable[PolicyCheckSpec]:
-    yield PolicyCheckSpec(name="example-naming", check=no_test_names_in_production,
-                          kinds=frozenset({"model.register"}))
+    yield PolicyCheckSpec(
+        name="example-naming", check=no_test_names_in_production, kinds=frozenset({"model.register"})
+    )
 
 
 @hookimpl

@@ -1,0 +1,3 @@
+from falaj.api.cli import main
+
+main()

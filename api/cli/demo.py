@@ -1,0 +1,394 @@
+"""`falaj demo`: the governed flow end to end, on the embedded default (SQLite, local store).
+
+Every step is a real action through ``ControlPlane.execute``; nothing is simulated. The data is made
+here (synthetic customers with data-subject ids), so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from falaj.core import Action, ControlPlane, Result, Settings, TokenCredential
+from falaj.core.audit.verifier import verify_export
+from falaj.core.bootstrap import initialise
+from falaj.core.keys import AuditSigner
+
+TENANT = "gulf-bank"
+PEOPLE = {
+    "layla": ["ml-engineer"],
+    "omar": ["data-steward"],
+    "fatima": ["approver"],
+    "yousef": ["approver"],
+    "aisha": ["auditor"],
+}
+
+
+class Demo:
+    def __init__(self, home: Path, console: Console) -> None:
+        self.home = home
+        self.console = console
+        self.tokens: dict[str, str] = {}
+        self.outcomes: Counter[str] = Counter()
+        self.notes: list[tuple[str, str]] = []
+        self.plane: ControlPlane
+
+    def act(self, who: str, kind: str, payload: dict[str, Any], *, tenant: str = TENANT) -> Result:
+        token = self.tokens[who]
+        result = self.plane.execute(Action(kind, tenant, TokenCredential(token), payload))
+        self.outcomes[result.outcome] += 1
+        return result
+
+    def expect(self, result: Result, outcome: str, what: str) -> Result:
+        if result.outcome != outcome:
+            raise RuntimeError(f"{what}: expected {outcome}, got {result.outcome}: {result.message()}")
+        return result
+
+    def note(self, step: str, detail: str) -> None:
+        self.notes.append((step, detail))
+
+
+def _customers(n: int, seed: int = 7) -> bytes:
+    rng = random.Random(seed)  # noqa: S311 - synthetic demo data, reproducible on purpose
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["customer_id", "age", "emirate", "monthly_income_aed", "tenure_months", "churned"])
+    emirates = ["Abu Dhabi", "Dubai", "Sharjah", "Ajman", "Ras Al Khaimah", "Fujairah", "Umm Al Quwain"]
+    for i in range(n):
+        writer.writerow(
+            [
+                f"C{i:05d}",
+                rng.randint(21, 70),
+                rng.choice(emirates),
+                rng.randint(6, 90) * 1000,
+                rng.randint(1, 120),
+                int(rng.random() < 0.2),
+            ]
+        )
+    return out.getvalue().encode("utf-8")
+
+
+def run_demo(home: Path | None, console: Console) -> int:
+    started = time.perf_counter()
+    settings_env = Settings.from_env()
+    home = (home or settings_env.home / "demo").resolve()
+    if home.exists():
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
+    settings = Settings(home=home, database_url=f"sqlite:///{home / 'falaj.db'}")
+    demo = Demo(home, console)
+    steps = [
+        ("install: keys, schema, operator tenant", _install),
+        ("people and roles", _people),
+        ("backends in UAE regions", _backends),
+        ("dataset and consent records", _data),
+        ("model artifact and version", _model),
+        ("denials (RBAC, tenants, input)", _denials),
+        ("a failing backend leaves nothing behind", _failure),
+        ("audit: verify, export, offline check", _audit),
+        ("tamper with the log (on a copy)", _tamper),
+    ]
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    try:
+        with progress:
+            task = progress.add_task("falaj demo", total=len(steps))
+            for label, step in steps:
+                progress.update(task, description=label)
+                step(demo, settings)
+                progress.advance(task)
+            progress.update(task, description="done")
+    except Exception as exc:
+        console.print(f"[red]demo failed[/]: {exc}")
+        return 1
+    finally:
+        if hasattr(demo, "plane"):
+            demo.plane.close()
+    _summary(demo, time.perf_counter() - started)
+    return 0
+
+
+def _install(demo: Demo, settings: Settings) -> None:
+    boot = initialise(settings, tenant=TENANT, display_name="Gulf Bank PJSC", admin="admin")
+    demo.tokens["admin"] = boot.token
+    demo.plane = ControlPlane(settings, signer=AuditSigner.load(settings))
+    demo.note("install", f"{settings.home} · audit key {boot.audit_key_id[:24]}…")
+
+
+def _people(demo: Demo, settings: Settings) -> None:
+    for name, roles in PEOPLE.items():
+        demo.expect(demo.act("admin", "principal.create", {"name": name, "roles": roles}), "succeeded", name)
+        issued = demo.expect(
+            demo.act("admin", "token.issue", {"principal": name, "expires_in_days": 1}), "succeeded", name
+        )
+        assert issued.secret is not None
+        demo.tokens[name] = issued.secret
+    demo.expect(
+        demo.act(
+            "admin", "principal.create", {"name": "retrain-bot", "kind": "service", "roles": ["service"]}
+        ),
+        "succeeded",
+        "service",
+    )
+    demo.note(
+        "people", ", ".join(f"{n} ({'/'.join(r)})" for n, r in PEOPLE.items()) + ", retrain-bot (service)"
+    )
+
+
+def _backends(demo: Demo, settings: Settings) -> None:
+    demo.expect(
+        demo.act(
+            "admin",
+            "backend.register",
+            {
+                "name": "uae-store",
+                "kind": "storage",
+                "plugin": "local",
+                "region": "me-central-1",
+                "node_class": "cpu-smb",
+            },
+        ),
+        "succeeded",
+        "storage",
+    )
+    demo.expect(
+        demo.act(
+            "admin",
+            "backend.register",
+            {"name": "rate-card", "kind": "cost", "plugin": "rate-card", "region": "me-central-1"},
+        ),
+        "succeeded",
+        "cost",
+    )
+    demo.note("backends", "uae-store (local, AWS me-central-1), rate-card (cost model)")
+
+
+def _data(demo: Demo, settings: Settings) -> None:
+    data = _customers(400)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    (settings.home / "customers.csv").write_bytes(data)
+    demo.expect(
+        demo.act(
+            "omar",
+            "dataset.register",
+            {
+                "name": "customers",
+                "classification": "personal",
+                "residency": "AE",
+                "legal_basis": "consent",
+                "uri": (settings.home / "customers.csv").as_uri(),
+                "digest": digest,
+                "subject_column": "customer_id",
+                "schema": {
+                    "customer_id": "string",
+                    "age": "int",
+                    "emirate": "string",
+                    "monthly_income_aed": "int",
+                    "tenure_months": "int",
+                    "churned": "int",
+                },
+            },
+        ),
+        "succeeded",
+        "dataset",
+    )
+    subjects = [f"C{i:05d}" for i in range(400)]
+    for subject in subjects:
+        demo.expect(
+            demo.act(
+                "omar",
+                "consent.record",
+                {
+                    "subject_id": subject,
+                    "purpose": "training",
+                    "evidence": {"channel": "mobile-app", "form": "consent-v3"},
+                },
+            ),
+            "succeeded",
+            "consent",
+        )
+    withdrawn = subjects[::23]
+    for subject in withdrawn:
+        demo.expect(
+            demo.act("omar", "consent.withdraw", {"subject_id": subject, "purpose": "training"}),
+            "succeeded",
+            "withdraw",
+        )
+    demo.note(
+        "data",
+        f"customers v1 (personal, AE, {digest[:19]}…), {len(subjects)} consents, {len(withdrawn)} withdrawn",
+    )
+
+
+def _model(demo: Demo, settings: Settings) -> None:
+    from sqlalchemy import select
+
+    from falaj.core.domain import Backend
+
+    with demo.plane.sessions() as session:
+        row = session.scalars(select(Backend).where(Backend.name == "uae-store")).one()
+        store = demo.plane.backend_instance(TENANT, row)
+    artifact = b'{"format": "falaj-demo-scorecard/v1", "weights": {"tenure_months": -0.03, "age": 0.01}}'
+    info = store.put(io.BytesIO(artifact), tenant=TENANT)
+    demo.expect(
+        demo.act("layla", "model.register", {"name": "churn", "description": "Retail churn"}),
+        "succeeded",
+        "model",
+    )
+    version = demo.expect(
+        demo.act(
+            "layla",
+            "model_version.register",
+            {
+                "model": "churn",
+                "storage_backend": "uae-store",
+                "artifact_digest": info.digest,
+                "metrics": {"auc": 0.81},
+            },
+        ),
+        "succeeded",
+        "version",
+    )
+    demo.expect(
+        demo.act("layla", "model_alias.set", {"model": "churn", "alias": "candidate", "version": 1}),
+        "succeeded",
+        "alias",
+    )
+    demo.note("model", f"churn v{version.data['version']} artifact {info.digest[:19]}… alias candidate")
+
+
+def _denials(demo: Demo, settings: Settings) -> None:
+    shown = []
+    r = demo.expect(
+        demo.act("layla", "principal.create", {"name": "intern", "roles": ["admin"]}), "denied", "rbac"
+    )
+    shown.append(("layla creates an admin", r.decision.failures[0].reason))
+    r = demo.expect(
+        demo.act("fatima", "dataset.register", {"name": "x", "classification": "public", "residency": "AE"}),
+        "denied",
+        "rbac",
+    )
+    shown.append(("approver registers data", r.decision.failures[0].reason))
+    demo.expect(
+        demo.act("admin", "tenant.create", {"slug": "dubai-clinic", "display_name": "Dubai Clinic"}),
+        "succeeded",
+        "tenant",
+    )
+    r = demo.expect(
+        demo.act("layla", "model.register", {"name": "peek"}, tenant="dubai-clinic"), "denied", "x"
+    )
+    shown.append(("layla acts in another tenant", r.decision.failures[0].reason))
+    r = demo.expect(
+        demo.act(
+            "omar", "dataset.register", {"name": "y", "classification": "top-secret", "residency": "AE"}
+        ),
+        "denied",
+        "payload",
+    )
+    shown.append(("malformed payload", r.decision.failures[0].reason))
+    r = demo.expect(demo.act("layla", "model.teleport", {}), "denied", "kind")
+    shown.append(("unknown action kind", r.decision.failures[0].reason))
+    prefix = demo.tokens["aisha"].split("_")[1]
+    demo.expect(demo.act("admin", "token.revoke", {"prefix": prefix}), "succeeded", "revoke")
+    r = demo.expect(demo.act("aisha", "audit.verify", {}), "denied", "revoked")
+    shown.append(("revoked token", r.decision.failures[0].reason))
+    issued = demo.expect(
+        demo.act("admin", "token.issue", {"principal": "aisha", "expires_in_days": 1}), "succeeded", "reissue"
+    )
+    assert issued.secret is not None
+    demo.tokens["aisha"] = issued.secret
+    for what, reason in shown:
+        demo.note("denied", f"{what}: {reason}")
+
+
+def _failure(demo: Demo, settings: Settings) -> None:
+    r = demo.expect(
+        demo.act(
+            "admin",
+            "backend.register",
+            {
+                "name": "broken-store",
+                "kind": "storage",
+                "plugin": "local",
+                "region": "me-central-1",
+                "settings": {"root": 42},
+            },
+        ),
+        "failed",
+        "failure",
+    )
+    demo.note("failed", f"backend.register broken-store: {r.error} (no backend row written)")
+
+
+def _audit(demo: Demo, settings: Settings) -> None:
+    report = demo.plane.audit.verify(demo.plane.engine)
+    if not report.ok:
+        raise RuntimeError(f"audit chain broken: {report.problem}")
+    out = settings.home / "audit-export"
+    demo.expect(demo.act("aisha", "audit.export", {"destination": str(out)}), "succeeded", "export")
+    proc = subprocess.run([sys.executable, str(out / "verify.py"), str(out)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"offline verification failed: {proc.stdout}{proc.stderr}")
+    demo.note("audit", f"{report.events} events, {report.checkpoints_verified} signed checkpoints verified")
+    demo.note("export", f"{out} · offline: {proc.stdout.strip()}")
+
+
+def _tamper(demo: Demo, settings: Settings) -> None:
+    copy = settings.home / "tampered"
+    copy.mkdir()
+    con = sqlite3.connect(settings.home / "falaj.db")
+    con.execute(f"VACUUM INTO '{copy / 'falaj.db'}'")
+    con.close()
+    tampered = sqlite3.connect(copy / "falaj.db")
+    seq = tampered.execute("SELECT seq FROM audit_events WHERE action = 'model_version.register'").fetchone()[
+        0
+    ]
+    tampered.execute("UPDATE audit_events SET principal = 'gulf-bank/someone-else' WHERE seq = ?", (seq,))
+    tampered.commit()
+    tampered.close()
+    shutil.copytree(settings.home / "audit", copy / "audit")
+    shutil.copytree(settings.keys_dir, copy / "keys")
+    other = ControlPlane(
+        Settings(home=copy, database_url=f"sqlite:///{copy / 'falaj.db'}"),
+        signer=AuditSigner.load(Settings(home=copy, database_url="sqlite://")),
+    )
+    try:
+        report = other.audit.verify(other.engine)
+    finally:
+        other.close()
+    if report.ok or report.first_bad_seq != seq:
+        raise RuntimeError("tampering was not detected")
+    demo.note("tamper", f"edited event {seq} on a copy → detected: first bad seq {report.first_bad_seq}")
+    # The export holds its own copy: verify it still passes (it was taken before the edit).
+    assert verify_export(settings.home / "audit-export").ok
+
+
+def _summary(demo: Demo, elapsed: float) -> None:
+    table = Table(title="Falaj demo: every step went through ControlPlane.execute", show_lines=False)
+    table.add_column("step", style="bold")
+    table.add_column("what happened")
+    for step, detail in demo.notes:
+        colour = {"denied": "yellow", "failed": "red", "tamper": "magenta"}.get(step, "green")
+        table.add_row(f"[{colour}]{step}[/]", detail)
+    demo.console.print(table)
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(demo.outcomes.items()))
+    demo.console.print(f"Actions: {counts} · state in {demo.home} · {elapsed:.1f} s")

@@ -1,0 +1,162 @@
+"""The `falaj` command line, run as a real process against a real installation."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from falaj.api.cli import cli
+
+
+def run(args, home: Path, *, token: str | None = None, check: bool = False, url: str | None = None):
+    env = dict(os.environ, FALAJ_HOME=str(home))
+    env.pop("FALAJ_DATABASE_URL", None)
+    if url:
+        env["FALAJ_DATABASE_URL"] = url
+    if token:
+        env["FALAJ_TOKEN"] = token
+    proc = subprocess.run(
+        [sys.executable, "-m", "falaj.api.cli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def all_commands(group: click.Group, prefix=()):
+    for name, command in group.commands.items():
+        yield (*prefix, name)
+        if isinstance(command, click.Group):
+            yield from all_commands(command, (*prefix, name))
+
+
+@pytest.mark.parametrize("path", [(), *all_commands(cli)], ids=lambda p: " ".join(p) or "falaj")
+def test_every_command_has_help(path):
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and len(result.output.splitlines()) > 3
+
+
+@pytest.fixture
+def installed(tmp_path):
+    home = tmp_path / "home"
+    proc = run(["init", "--tenant", "acme", "--admin", "root", "--json"], home, check=True)
+    info = json.loads(proc.stdout)
+    assert info["token"].startswith("flj_")
+    return home, info["token"]
+
+
+def test_init_creates_everything_and_prints_the_token_once(installed):
+    home, token = installed
+    assert (home / "falaj.db").exists()
+    assert oct((home / "keys" / "master.key").stat().st_mode & 0o777) == "0o600"
+    key_pem = (home / "keys" / "audit-ed25519.pem").read_bytes()
+    assert b"ENCRYPTED PRIVATE KEY" in key_pem  # encrypted at rest
+    db = sqlite3.connect(home / "falaj.db")
+    stored = [r[0] for r in db.execute("select secret_hash from api_tokens")]
+    assert token.split("_", 2)[2] not in "".join(stored)
+    assert not any(token in line for line in db.iterdump())
+    again = run(["init", "--tenant", "acme"], home)
+    assert again.returncode == 1 and "already initialised" in again.stderr
+
+
+def test_init_refuses_a_bad_tenant_slug(tmp_path):
+    proc = run(["init", "--tenant", "Not A Slug"], tmp_path / "h")
+    assert proc.returncode == 1 and "invalid tenant" in proc.stderr
+
+
+def test_do_and_audit_verify_and_tamper(installed):
+    home, token = installed
+    ok = run(
+        [
+            "do",
+            "principal.create",
+            "--tenant",
+            "acme",
+            "--payload",
+            '{"name": "eng", "roles": ["ml-engineer"]}',
+        ],
+        home,
+        token=token,
+    )
+    assert ok.returncode == 0 and "succeeded" in ok.stdout
+    denied = run(["do", "tenant.create", "--tenant", "acme", "--payload", '{"slug": "x"}'], home, token=token)
+    assert denied.returncode == 1 and "display_name" in denied.stdout
+    missing = run(["do", "budget.set", "--tenant", "acme"], home)
+    assert missing.returncode == 2 and "API token is needed" in missing.stderr
+    not_json = run(["do", "budget.set", "--tenant", "acme", "--payload", "{nope"], home, token=token)
+    assert not_json.returncode == 2 and "not JSON" in not_json.stderr
+
+    verified = run(["audit", "verify", "--json"], home)
+    assert verified.returncode == 0
+    assert json.loads(verified.stdout.splitlines()[-1])["events"] == 5
+
+    db = sqlite3.connect(home / "falaj.db")
+    db.execute("update audit_events set resource = 'principal/mallory' where seq = 4")
+    db.commit()
+    db.close()
+    tampered = run(["audit", "verify"], home)
+    assert tampered.returncode == 1 and "first bad seq 4" in tampered.stdout
+
+
+def test_audit_export_is_governed_and_verifiable(installed, tmp_path):
+    home, token = installed
+    out = tmp_path / "evidence"
+    refused = run(
+        ["audit", "export", "--tenant", "acme", "--out", str(out), "--token", "flj_000000000000_x"], home
+    )
+    assert refused.returncode == 1 and "unknown API token" in refused.stdout
+    assert not out.exists()
+    exported = run(["audit", "export", "--tenant", "acme", "--out", str(out)], home, token=token)
+    assert exported.returncode == 0, exported.stdout
+    offline = run(["audit", "verify", "--export", str(out)], home)
+    assert offline.returncode == 0 and "OK" in offline.stdout
+
+
+def test_policy_explain_prints_every_check(installed):
+    home, token = installed
+    proc = run(
+        [
+            "policy",
+            "explain",
+            "tenant.create",
+            "--tenant",
+            "acme",
+            "--payload",
+            '{"slug": "b", "display_name": "B"}',
+        ],
+        home,
+        token=token,
+    )
+    assert proc.returncode == 0
+    for word in ("authenticate", "payload", "rbac", "platform-admin"):
+        assert word in proc.stdout
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_cli_on_postgres(tmp_path, database_url):
+    home = tmp_path / "pg"
+    info = json.loads(run(["init", "--json"], home, url=database_url, check=True).stdout)
+    ok = run(
+        [
+            "do",
+            "budget.set",
+            "--tenant",
+            "operator",
+            "--payload",
+            '{"period": "2027-02", "limit_amount": "3"}',
+        ],
+        home,
+        token=info["token"],
+        url=database_url,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert run(["audit", "verify"], home, url=database_url).returncode == 0
