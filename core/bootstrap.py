@@ -103,7 +103,7 @@ def initialise(settings: Settings, *, tenant: str, display_name: str, admin: str
                 ("token.issue", f"token/{token.prefix}", {"principal": admin}),
             ):
                 plane.audit.append(
-                    session,
+                    session.connection(),
                     AuditEntry(
                         tenant=tenant,
                         principal="system/bootstrap",
@@ -115,6 +115,7 @@ def initialise(settings: Settings, *, tenant: str, display_name: str, admin: str
                         bundle_digest=bundle.digest,
                         payload_digest=sha256_digest({"kind": kind, "payload": payload}),
                     ),
+                    session.info,
                 )
             plane.audit.checkpoint_now(session)
         plane.audit.after_commit(session)

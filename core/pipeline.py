@@ -7,14 +7,16 @@ it is still in the same transaction as the state change, so either both land or 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from pydantic import ValidationError as PydanticValidationError
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,7 +35,7 @@ from falaj.core.db import create_db_engine, read_only, session_factory
 from falaj.core.decision import CheckOutcome, CheckResult, Decision, Verdict
 from falaj.core.domain import ApiToken, Backend, Operation, Principal, RoleAssignment, Tenant, new_id
 from falaj.core.errors import BackendError, ConflictError, FalajError, NotFoundError, ValidationError
-from falaj.core.handlers import HANDLERS, HandlerContext, Outcome
+from falaj.core.handlers import HANDLERS, HandlerContext, Outcome, PrincipalView, TenantView
 from falaj.core.keys import AuditSigner
 from falaj.core.plugin import BackendConfig, CheckContext, PluginRegistry, create_plugin_manager
 from falaj.core.policy import Authorizer, PolicyBundle, load_bundle
@@ -93,8 +95,8 @@ class Result:
 @dataclass
 class _Evaluation:
     kind: ActionKind | None
-    tenant: Tenant | None
-    principal: Principal | None
+    tenant: TenantView | None
+    principal: PrincipalView | None
     principal_label: str
     payload: Payload | None
     resource: str
@@ -149,33 +151,34 @@ class ControlPlane:
         """Run one action through the governed pipeline and return its result. Never raises for bad input."""
         bundle, authorizer = self._bundle, self.authorizer
         operation_id = new_id()
-        payload_digest = sha256_digest({"kind": action.kind, "payload": action.payload})
+        payload_digest = payload_sha256(action.kind, action.payload)
         session = self.sessions()
         try:
-            with session.begin():
-                ev = self._evaluate(session, action, bundle, authorizer)
-                decision = Decision.from_checks(ev.checks, bundle.digest)
-                self.registry.notify(
-                    "falaj_before_action",
-                    kind=action.kind,
-                    tenant=action.tenant,
-                    principal=ev.principal_label,
-                    resource=ev.resource,
-                    verdict=str(decision.verdict),
-                )
-                result = Result(
-                    operation_id=operation_id,
-                    kind=action.kind,
-                    tenant=action.tenant,
-                    principal=ev.principal_label,
-                    resource=ev.resource,
-                    decision=decision,
-                    outcome="denied" if decision.verdict is Verdict.DENY else "pending",
-                )
-                if decision.allowed:
-                    self._delegate(session, ev, decision, operation_id, result)
-                self._record(session, action, ev, decision, result, payload_digest)
+            ev = self._evaluate(session, action, bundle, authorizer)
+            decision = Decision.from_checks(ev.checks, bundle.digest)
+            self.registry.notify(
+                "falaj_before_action",
+                kind=action.kind,
+                tenant=action.tenant,
+                principal=ev.principal_label,
+                resource=ev.resource,
+                verdict=str(decision.verdict),
+            )
+            result = Result(
+                operation_id=operation_id,
+                kind=action.kind,
+                tenant=action.tenant,
+                principal=ev.principal_label,
+                resource=ev.resource,
+                decision=decision,
+                outcome="denied" if decision.verdict is Verdict.DENY else "pending",
+            )
+            if decision.allowed:
+                self._delegate(session, ev, decision, operation_id, result)
+            self._record(session, action, ev, decision, result, payload_digest)
+            session.commit()
         except Exception:
+            session.rollback()
             self.audit.discard_pending(session)
             session.close()
             raise
@@ -210,15 +213,16 @@ class ControlPlane:
         handler = HANDLERS[ev.kind]
         ctx = HandlerContext(session, self, ev.tenant, ev.principal, ev.payload, decision, operation_id)
         try:
-            with session.begin_nested():
-                outcome = handler(ctx)
-                if not isinstance(outcome, Outcome):
-                    raise BackendError(
-                        f"handler for {ev.kind} returned {type(outcome).__name__}, expected Outcome"
-                    )
-                session.flush()
+            outcome = handler(ctx)
+            if not isinstance(outcome, Outcome):
+                raise BackendError(
+                    f"handler for {ev.kind} returned {type(outcome).__name__}, expected Outcome"
+                )
+            session.flush()
         except Exception as exc:
-            # The savepoint is rolled back: nothing the handler wrote survives; the failure is recorded.
+            # Roll the whole transaction back: nothing the handler wrote survives. The failure is then
+            # recorded (operation and audit event) in a fresh transaction by _record.
+            session.rollback()
             session.info.pop(_AFTER_COMMIT, None)
             result.outcome = "failed"
             result.error, result.error_type = _describe_failure(exc)
@@ -241,37 +245,49 @@ class ControlPlane:
         reasons = [c.as_dict() for c in decision.checks]
         if result.error:
             reasons.append({"check": "delegate", "outcome": "fail", "reason": result.error})
+        tenant, kind = str(action.tenant)[:63], str(action.kind)[:63]
+        principal, resource = ev.principal_label[:200], ev.resource[:300]
+        # Core statements, not the unit of work: this runs on every action, denials included.
+        conn = session.connection()
         seq = self.audit.append(
-            session,
+            conn,
             AuditEntry(
-                tenant=action.tenant[:63],
-                principal=ev.principal_label[:200],
-                action=action.kind[:63],
-                resource=ev.resource[:300],
+                tenant=tenant,
+                principal=principal,
+                action=kind,
+                resource=resource,
                 verdict=str(decision.verdict),
                 outcome=result.outcome,
                 reasons=reasons,
                 bundle_digest=decision.bundle_digest,
                 payload_digest=payload_digest,
             ),
+            session.info,
         )
         result.audit_seq = seq
-        session.add(
-            Operation(
-                id=result.operation_id,
-                tenant=action.tenant[:63],
-                principal=ev.principal_label[:200],
-                kind=action.kind[:63],
-                resource=ev.resource[:300],
-                verdict=str(decision.verdict),
-                outcome=result.outcome,
-                decision=decision.as_dict(),
-                result=result.data,
-                error=result.error,
-                payload_digest=payload_digest,
-                audit_seq=seq,
-                finished_at=datetime.now(UTC),
-            )
+        now = datetime.now(UTC)
+        conn.execute(
+            _INSERT_OPERATION,
+            {
+                "id": result.operation_id,
+                "created_at": now,
+                "tenant": tenant,
+                "principal": principal,
+                "kind": kind,
+                "resource": resource,
+                "verdict": str(decision.verdict),
+                "outcome": result.outcome,
+                "decision": {
+                    "verdict": str(decision.verdict),
+                    "bundle_digest": decision.bundle_digest,
+                    "checks": reasons,
+                },
+                "result": result.data,
+                "error": result.error,
+                "payload_digest": payload_digest,
+                "audit_seq": seq,
+                "finished_at": now,
+            },
         )
 
     # -- evaluation -----------------------------------------------------------------------------------------
@@ -298,11 +314,13 @@ class ControlPlane:
             return ev
         ev.kind = kind
 
-        tenant = (
-            session.scalar(select(Tenant).where(Tenant.slug == action.tenant))
+        conn = session.connection()
+        row = (
+            conn.execute(_TENANT_BY_SLUG, {"slug": action.tenant}).first()
             if isinstance(action.tenant, str)
             else None
         )
+        tenant = TenantView(*row) if row is not None else None
         if tenant is None:
             checks.append(CheckResult.failed("tenant", f"unknown tenant {str(action.tenant)[:63]!r}"))
             return ev
@@ -311,12 +329,12 @@ class ControlPlane:
             return ev
         ev.tenant = tenant
 
-        principal, auth_check = self._authenticate(session, action.principal, touch=not dry_run)
+        principal, auth_check = self._authenticate(conn, action.principal, touch=not dry_run)
         checks.append(auth_check)
         if principal is None:
             return ev
         ev.principal = principal
-        ev.principal_label = auth_check.obligations.get("principal", ev.principal_label)
+        ev.principal_label = principal.label
 
         try:
             payload = PAYLOADS[kind].model_validate(action.payload)
@@ -330,13 +348,7 @@ class ControlPlane:
         ev.resource = _resource(kind, payload)
         checks.append(CheckResult.passed("payload", f"valid {PAYLOADS[kind].__name__}"))
 
-        roles = frozenset(
-            session.scalars(
-                select(RoleAssignment.role).where(
-                    RoleAssignment.principal_id == principal.id, RoleAssignment.tenant_id == tenant.id
-                )
-            )
-        )
+        roles = frozenset(conn.execute(_ROLES, {"pid": principal.id, "tid": tenant.id}).scalars())
         rbac = authorizer.check(roles, tenant.slug, kind.resource_type, kind.verb)
         if rbac.outcome is CheckOutcome.FAIL and principal.tenant_id != tenant.id:
             rbac = CheckResult.failed(
@@ -358,6 +370,9 @@ class ControlPlane:
             return ev
 
         backend_config = self._target_backend(session, tenant, payload, checks)
+        applicable = [spec for spec in self.registry.policy_checks if spec.applies_to(kind.value)]
+        if not applicable:
+            return ev
         context = CheckContext(
             kind=kind.value,
             tenant=tenant.slug,
@@ -371,14 +386,12 @@ class ControlPlane:
             backend=backend_config,
             session=session,
         )
-        for spec in self.registry.policy_checks:
-            if spec.applies_to(kind.value):
-                checks.append(_run_check(spec, context))
+        checks.extend(_run_check(spec, context) for spec in applicable)
         return ev
 
     def _authenticate(
-        self, session: Session, credential: TokenCredential | PrincipalRef, *, touch: bool = True
-    ) -> tuple[Principal | None, CheckResult]:
+        self, conn: Connection, credential: TokenCredential | PrincipalRef, *, touch: bool = True
+    ) -> tuple[PrincipalView | None, CheckResult]:
         now = datetime.now(UTC)
         if isinstance(credential, TokenCredential):
             parts = split_token(credential.token) if isinstance(credential.token, str) else None
@@ -386,44 +399,38 @@ class ControlPlane:
                 return None, CheckResult.failed(
                     "authenticate", "malformed API token (expected flj_<id>_<secret>)"
                 )
-            row = session.execute(
-                select(ApiToken, Principal, Tenant.slug)
-                .join(Principal, ApiToken.principal_id == Principal.id)
-                .join(Tenant, Principal.tenant_id == Tenant.id)
-                .where(ApiToken.prefix == parts[0])
-            ).first()
-            if row is None or not secret_matches(parts[1], row[0].secret_hash):
+            row = conn.execute(_TOKEN_BY_PREFIX, {"prefix": parts[0]}).first()
+            if row is None or not secret_matches(parts[1], row.secret_hash):
                 return None, CheckResult.failed("authenticate", "unknown API token")
-            token, principal, home = row
-            if token.revoked_at is not None:
-                return None, CheckResult.failed("authenticate", f"API token {token.prefix} was revoked")
-            if token.expires_at is not None and token.expires_at <= now:
-                return None, CheckResult.failed("authenticate", f"API token {token.prefix} has expired")
-            stale = token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60
-            if touch and stale:
-                session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
+            if row.revoked_at is not None:
+                return None, CheckResult.failed("authenticate", f"API token {parts[0]} was revoked")
+            if row.expires_at is not None and row.expires_at <= now:
+                return None, CheckResult.failed("authenticate", f"API token {parts[0]} has expired")
+            if touch and (row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60):
+                conn.execute(_TOUCH_TOKEN, {"token_id": row.token_id, "now": now})
         elif isinstance(credential, PrincipalRef):
-            found = session.execute(
-                select(Principal, Tenant.slug)
-                .join(Tenant, Principal.tenant_id == Tenant.id)
-                .where(Principal.id == credential.principal_id)
-            ).first()
-            if found is None:
+            row = conn.execute(_PRINCIPAL_BY_ID, {"pid": credential.principal_id}).first()
+            if row is None:
                 return None, CheckResult.failed(
                     "authenticate", f"unknown principal {credential.principal_id!r}"
                 )
-            principal, home = found
         else:
             return None, CheckResult.failed(
                 "authenticate", f"unsupported credential {type(credential).__name__}"
             )
-        label = f"{home}/{principal.name}"
-        if principal.disabled:
-            return None, CheckResult.failed("authenticate", f"principal {label} is disabled")
-        return principal, CheckResult.passed("authenticate", f"authenticated as {label}", principal=label)
+        principal = PrincipalView(
+            id=row.principal_id,
+            name=row.name,
+            kind=row.kind,
+            tenant_id=row.tenant_id,
+            label=f"{row.home}/{row.name}",
+        )
+        if row.disabled:
+            return None, CheckResult.failed("authenticate", f"principal {principal.label} is disabled")
+        return principal, CheckResult.passed("authenticate", f"authenticated as {principal.label}")
 
     def _target_backend(
-        self, session: Session, tenant: Tenant, payload: Payload, checks: list[CheckResult]
+        self, session: Session, tenant: TenantView, payload: Payload, checks: list[CheckResult]
     ) -> BackendConfig | None:
         name = None
         for field_name in ("storage_backend", "runtime_backend", "backend"):
@@ -540,3 +547,56 @@ def _describe_failure(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, FalajError):
         return str(exc), "internal"
     return f"backend raised {type(exc).__name__}: {exc}", "backend"
+
+
+_INSERT_OPERATION = insert(Operation)
+
+
+def payload_sha256(kind: object, payload: object) -> str:
+    """Digest of what the caller asked for, whatever its types (values that JSON lacks become strings)."""
+    data = orjson.dumps(
+        {"kind": kind, "payload": payload}, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str
+    )
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# Statements of the hot path, built once (building a statement costs more than running it on SQLite).
+_TENANT_BY_SLUG = select(Tenant.id, Tenant.slug, Tenant.ruleset, Tenant.disabled).where(
+    Tenant.slug == bindparam("slug")
+)
+_TOKEN_BY_PREFIX = (
+    select(
+        ApiToken.id.label("token_id"),
+        ApiToken.secret_hash,
+        ApiToken.revoked_at,
+        ApiToken.expires_at,
+        ApiToken.last_used_at,
+        Principal.id.label("principal_id"),
+        Principal.name,
+        Principal.kind,
+        Principal.disabled,
+        Principal.tenant_id,
+        Tenant.slug.label("home"),
+    )
+    .join(Principal, ApiToken.principal_id == Principal.id)
+    .join(Tenant, Principal.tenant_id == Tenant.id)
+    .where(ApiToken.prefix == bindparam("prefix"))
+)
+_PRINCIPAL_BY_ID = (
+    select(
+        Principal.id.label("principal_id"),
+        Principal.name,
+        Principal.kind,
+        Principal.disabled,
+        Principal.tenant_id,
+        Tenant.slug.label("home"),
+    )
+    .join(Tenant, Principal.tenant_id == Tenant.id)
+    .where(Principal.id == bindparam("pid"))
+)
+_TOUCH_TOKEN = (
+    update(ApiToken).where(ApiToken.id == bindparam("token_id")).values(last_used_at=bindparam("now"))
+)
+_ROLES = select(RoleAssignment.role).where(
+    RoleAssignment.principal_id == bindparam("pid"), RoleAssignment.tenant_id == bindparam("tid")
+)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Connection, Engine, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from falaj.core.audit import verifier
@@ -24,6 +24,14 @@ from falaj.core.domain import AuditCheckpoint, AuditEvent, AuditHead
 from falaj.core.keys import AuditSigner
 
 HEAD_ID = 1
+_LOCK_HEAD = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == HEAD_ID).with_for_update()
+_INSERT_EVENT = insert(AuditEvent)
+_MOVE_HEAD = (
+    update(AuditHead)
+    .where(AuditHead.id == HEAD_ID)
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
+_INSERT_CHECKPOINT = insert(AuditCheckpoint)
 WITNESS_FILE = "checkpoints.jsonl"
 _PENDING = "falaj.pending_checkpoints"
 
@@ -72,14 +80,14 @@ class AuditLog:
         self.checkpoint_every = checkpoint_every
 
     # -- writing ------------------------------------------------------------------------------------------
-    def append(self, session: Session, entry: AuditEntry) -> int:
-        head = session.execute(
-            select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()
-        ).scalar_one_or_none()
+    def append(self, conn: Connection, entry: AuditEntry, info: dict[str, Any]) -> int:
+        """Append ``entry`` on ``conn`` inside its open transaction; ``info`` collects new checkpoints."""
+        head = conn.execute(_LOCK_HEAD).first()
         if head is None:
             raise RuntimeError("audit head row missing: the database was not migrated (`falaj init`)")
+        head_seq, head_hash = head
         fields: dict[str, Any] = {
-            "seq": head.seq + 1,
+            "seq": head_seq + 1,
             "ts": rfc3339(datetime.now(UTC)),
             "tenant": entry.tenant,
             "principal": entry.principal,
@@ -90,41 +98,39 @@ class AuditLog:
             "reasons": canonical_bytes(entry.reasons).decode("utf-8"),
             "bundle_digest": entry.bundle_digest,
             "payload_digest": entry.payload_digest,
-            "prev_hash": head.hash,
+            "prev_hash": head_hash,
         }
         digest = fast_event_hash(fields)
-        session.add(AuditEvent(**fields, hash=digest))
-        head.seq = fields["seq"]
-        head.hash = digest
-        if self.signer is not None and head.seq % self.checkpoint_every == 0:
-            self._checkpoint(session, head.seq, digest)
-        return int(head.seq)
+        fields["hash"] = digest
+        conn.execute(_INSERT_EVENT, fields)
+        conn.execute(_MOVE_HEAD, {"new_seq": fields["seq"], "new_hash": digest})
+        if self.signer is not None and fields["seq"] % self.checkpoint_every == 0:
+            self._checkpoint(conn, fields["seq"], digest, info)
+        return int(fields["seq"])
 
     def checkpoint_now(self, session: Session) -> Checkpoint | None:
-        """Sign the current head (used by verify/export and on shutdown)."""
-        head = session.execute(
-            select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()
-        ).scalar_one()
-        if head.seq == 0 or self.signer is None:
+        """Sign the current head now (bootstrap, export); a no-op if the head is already signed."""
+        conn = session.connection()
+        head_seq, head_hash = conn.execute(_LOCK_HEAD).one()
+        if head_seq == 0 or self.signer is None:
             return None
-        existing = session.get(AuditCheckpoint, head.seq)
+        existing = session.get(AuditCheckpoint, head_seq)
         if existing is not None:
             return _as_checkpoint(existing)
-        return self._checkpoint(session, head.seq, head.hash)
+        return self._checkpoint(conn, head_seq, head_hash, session.info)
 
-    def _checkpoint(self, session: Session, seq: int, head_hash: str) -> Checkpoint:
+    def _checkpoint(self, conn: Connection, seq: int, head_hash: str, info: dict[str, Any]) -> Checkpoint:
         assert self.signer is not None
         signature = base64.b64encode(self.signer.sign(checkpoint_message(seq, head_hash))).decode("ascii")
-        row = AuditCheckpoint(
+        cp = Checkpoint(
             seq=seq,
             hash=head_hash,
             ts=rfc3339(datetime.now(UTC)),
             key_id=self.signer.key_id,
             signature=signature,
         )
-        session.add(row)
-        cp = _as_checkpoint(row)
-        session.info.setdefault(_PENDING, []).append(cp)
+        conn.execute(_INSERT_CHECKPOINT, cp.__dict__)
+        info.setdefault(_PENDING, []).append(cp)
         return cp
 
     def after_commit(self, session: Session) -> None:

@@ -11,11 +11,32 @@ from sqlalchemy.orm import Session
 
 from falaj.core.actions import ActionKind, Payload
 from falaj.core.decision import Decision
-from falaj.core.domain import Backend, Principal, Tenant
+from falaj.core.domain import Backend
 from falaj.core.errors import NotFoundError
 
 if TYPE_CHECKING:
     from falaj.core.pipeline import ControlPlane
+
+
+@dataclass(frozen=True, slots=True)
+class TenantView:
+    """The tenant an action runs in, as the pipeline read it (load the row to change it)."""
+
+    id: str
+    slug: str
+    ruleset: str
+    disabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalView:
+    """The authenticated principal. ``label`` is ``<home tenant>/<name>``, as audit events show it."""
+
+    id: str
+    name: str
+    kind: str
+    tenant_id: str
+    label: str
 
 
 @dataclass
@@ -24,8 +45,8 @@ class HandlerContext:
 
     session: Session
     plane: ControlPlane
-    tenant: Tenant
-    principal: Principal
+    tenant: TenantView
+    principal: PrincipalView
     payload: Any  # the kind's Payload model
     decision: Decision
     operation_id: str

@@ -16,7 +16,7 @@ from falaj.core.actions import (
     SigningKeyRegister,
     SigningKeyRevoke,
 )
-from falaj.core.domain import Budget, CostRecord, PolicyBundleRecord, SigningKey
+from falaj.core.domain import Budget, CostRecord, PolicyBundleRecord, SigningKey, new_id
 from falaj.core.errors import ConflictError, NotFoundError, ValidationError
 from falaj.core.handlers.base import HandlerContext, Outcome, handles, typed
 from falaj.core.policy import PolicyError, load_bundle
@@ -27,6 +27,7 @@ def record_cost(ctx: HandlerContext) -> Outcome:
     p: CostRecordPayload = typed(ctx, CostRecordPayload)
     backend_id = ctx.backend(p.backend, "cost").id if p.backend else None
     row = CostRecord(
+        id=new_id(),
         tenant_id=ctx.tenant.id,
         operation_id=ctx.operation_id,
         backend_id=backend_id,
@@ -35,7 +36,6 @@ def record_cost(ctx: HandlerContext) -> Outcome:
         currency=p.currency,
     )
     ctx.session.add(row)
-    ctx.session.flush()
     return Outcome({"cost_id": row.id, "amount": str(p.amount), "currency": p.currency})
 
 

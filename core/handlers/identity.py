@@ -64,13 +64,15 @@ def update_tenant(ctx: HandlerContext) -> Outcome:
         )
     if p.ruleset is not None and p.ruleset not in ctx.plane.bundle.known_rulesets:
         raise ValidationError(f"unknown ruleset {p.ruleset!r}")
+    tenant = ctx.session.get(Tenant, ctx.tenant.id)
+    assert tenant is not None
     if p.display_name is not None:
-        ctx.tenant.display_name = p.display_name
+        tenant.display_name = p.display_name
     if p.ruleset is not None:
-        ctx.tenant.ruleset = p.ruleset
+        tenant.ruleset = p.ruleset
     if p.disabled is not None:
-        ctx.tenant.disabled = p.disabled
-    return Outcome({"slug": ctx.tenant.slug, "ruleset": ctx.tenant.ruleset, "disabled": ctx.tenant.disabled})
+        tenant.disabled = p.disabled
+    return Outcome({"slug": tenant.slug, "ruleset": tenant.ruleset, "disabled": tenant.disabled})
 
 
 @handles(ActionKind.PRINCIPAL_CREATE)
