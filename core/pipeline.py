@@ -122,7 +122,12 @@ class ControlPlane:
         self._bundle = bundle or load_bundle(settings.policy_dir)
         self.authorizer = Authorizer(self._bundle)
         self.signer = signer
-        self.audit = AuditLog(signer, settings.home / "audit", settings.checkpoint_every)
+        self.audit = AuditLog(
+            signer,
+            settings.home / "audit",
+            settings.checkpoint_every,
+            sorted(settings.keys_dir.glob("*.pub.pem")),
+        )
         self._backend_cache: dict[str, tuple[str, Any]] = {}
         self._lock = threading.Lock()
 
@@ -393,6 +398,7 @@ class ControlPlane:
         self, conn: Connection, credential: TokenCredential | PrincipalRef, *, touch: bool = True
     ) -> tuple[PrincipalView | None, CheckResult]:
         now = datetime.now(UTC)
+        row: Any
         if isinstance(credential, TokenCredential):
             parts = split_token(credential.token) if isinstance(credential.token, str) else None
             if parts is None:

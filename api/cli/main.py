@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from falaj.core.actions import PAYLOADS, Action, ActionKind, TokenCredential
 from falaj.core.config import Settings
 from falaj.core.errors import FalajError
+
+if TYPE_CHECKING:
+    from falaj.core.actions import TokenCredential
 
 console = Console()
 err = Console(stderr=True)
@@ -37,6 +39,8 @@ def _plane(settings: Settings | None = None) -> Any:
 
 
 def _token(token: str | None) -> TokenCredential:
+    from falaj.core.actions import TokenCredential
+
     if not token:
         raise click.UsageError("an API token is needed: pass --token or set FALAJ_TOKEN")
     return TokenCredential(token)
@@ -120,6 +124,8 @@ def plugins(as_json: bool) -> None:
 @cli.command()
 def actions() -> None:
     """List the action kinds and the payload fields each one takes."""
+    from falaj.core.actions import PAYLOADS, ActionKind
+
     table = Table(title="Action kinds")
     table.add_column("kind")
     table.add_column("payload fields")
@@ -140,6 +146,8 @@ def actions() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 def do(kind: str, tenant: str, token: str | None, payload_text: str, as_json: bool) -> None:
     """Run one governed action, e.g. `falaj do dataset.register --tenant acme --payload @ds.json`."""
+    from falaj.core.actions import Action
+
     payload = _read_payload(payload_text)
     plane = _plane()
     try:
@@ -165,6 +173,8 @@ def policy() -> None:
 @click.option("--payload", "payload_text", default="{}", help="JSON object, or @FILE.")
 def policy_explain(kind: str, tenant: str, token: str | None, payload_text: str) -> None:
     """Dry-run an action: print each check's outcome and the rule that decided. Writes nothing."""
+    from falaj.core.actions import Action
+
     plane = _plane()
     try:
         decision = plane.explain(
@@ -201,15 +211,25 @@ def audit_verify(export_dir: Path | None, as_json: bool) -> None:
     if export_dir is not None:
         report = verify_export(export_dir)
     else:
-        plane = _plane()
+        # Only the audit log is needed: no plugins, no policy engine, so the command starts fast.
+        from falaj.core.audit import AuditLog
+        from falaj.core.db import create_db_engine
+
+        settings = _settings()
+        # Verification needs only the public keys, never the (encrypted) private key.
+        public_keys = sorted(settings.keys_dir.glob("*.pub.pem"))
+        if not public_keys:
+            raise click.ClickException(f"no audit public key in {settings.keys_dir}: run `falaj init` first")
+        log = AuditLog(None, settings.home / "audit", settings.checkpoint_every, public_keys)
+        engine = create_db_engine(settings.database_url)
         try:
-            total = plane.audit.head(plane.engine)[0]
+            total = log.head(engine)[0]
             with _progress() as progress:
                 task = progress.add_task("verifying audit chain", total=total)
-                report = plane.audit.verify(plane.engine, progress=lambda n: progress.advance(task, n))
+                report = log.verify(engine, progress=lambda n: progress.advance(task, n))
                 progress.update(task, completed=total)
         finally:
-            plane.close()
+            engine.dispose()
     if as_json:
         click.echo(json.dumps(report.as_dict()))
     elif report.ok:
@@ -238,6 +258,8 @@ def audit_export(tenant: str, token: str | None, out: Path) -> None:
 
     An auditor verifies it offline with `python verify.py FOLDER` (needs only `cryptography`).
     """
+    from falaj.core.actions import Action
+
     plane = _plane()
     try:
         result = plane.execute(

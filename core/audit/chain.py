@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,10 +74,17 @@ class AuditLog:
     concurrent writers, in one process or many, extend the chain one after another and never fork it.
     """
 
-    def __init__(self, signer: AuditSigner | None, witness_dir: Path | None, checkpoint_every: int) -> None:
+    def __init__(
+        self,
+        signer: AuditSigner | None,
+        witness_dir: Path | None,
+        checkpoint_every: int,
+        public_key_files: Iterable[Path] = (),
+    ) -> None:
         self.signer = signer
         self.witness_dir = witness_dir
         self.checkpoint_every = checkpoint_every
+        self.public_key_files = list(public_key_files)
 
     # -- writing ------------------------------------------------------------------------------------------
     def append(self, conn: Connection, entry: AuditEntry, info: dict[str, Any]) -> int:
@@ -194,21 +201,28 @@ class AuditLog:
         keys: dict[str, Any] = {}
         if self.signer is not None:
             keys[self.signer.key_id] = self.signer.public_key
-        if self.witness_dir is not None:
-            for pem in sorted(self.witness_dir.glob("public_key*.pem")):
-                keys.update(verifier.load_public_keys([pem.read_bytes()]))
+        keys.update(verifier.load_public_keys(p.read_bytes() for p in self.public_key_files if p.exists()))
         return keys
 
-    def verify(self, engine: Engine, *, progress: Any = None) -> VerifyReport:
+    def verify(self, engine: Engine, *, progress: Any = None, workers: int | None = None) -> VerifyReport:
         """Verify the chain in the database, its head, and every checkpoint (database and witness)."""
+        from falaj.core.audit import scan
+
         # Checkpoints first, then the head, then the events up to that head: writers appending meanwhile
         # cannot make a sound log look truncated.
         checkpoints = self.checkpoints(engine)
         head = self.head(engine)
+        keys = self.public_keys()
+        url = engine.url.render_as_string(hide_password=False)
+        if scan.supported(url):
+            segments = scan.scan(url, head[0], [cp.seq for cp in checkpoints], workers)
+            if progress is not None:
+                progress(head[0])
+            return verifier.verify_segments(segments, checkpoints, keys, head=head)
         rows: Iterator[tuple[Any, ...]] = self.iter_rows(engine, head[0])
         if progress is not None:
             rows = _counting(rows, progress)
-        return verifier.verify_rows(rows, checkpoints, self.public_keys(), hasher=fast_event_hash, head=head)
+        return verifier.verify_rows(rows, checkpoints, keys, hasher=fast_event_hash, head=head)
 
     def export(self, engine: Engine, folder: Path) -> dict[str, Any]:
         """Write events, checkpoints, the public key and a standalone verifier to ``folder``."""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 GENESIS = "0" * 64
+BROKEN = "the chain was broken by an insertion, deletion or reordering"
 FIELDS = (
     "seq",
     "ts",
@@ -84,6 +85,85 @@ class VerifyReport:
         }
 
 
+@dataclass
+class Segment:
+    """What one pass over a run of events ``start..`` found (events may be checked in segments)."""
+
+    start: int
+    first_prev: str | None = None  # prev_hash of the first event, to stitch with the segment before
+    count: int = 0
+    last_hash: str | None = None
+    first_bad: int | None = None
+    problem: str | None = None
+    hashes_at: dict[int, str] = field(default_factory=dict)
+
+
+def check_segment(
+    rows: Iterable[Sequence[Any]],
+    start: int,
+    prev: str | None,
+    wanted: set[int],
+    hasher: Any = None,
+) -> Segment:
+    """Check events from seq ``start`` on: contiguous, linked, and each hash matching its content.
+
+    ``prev`` is the hash the first event must link to, or None when it is checked later by stitching.
+    """
+    compute = hasher or event_hash
+    seg = Segment(start=start)
+    expected_seq = start
+    for row in rows:
+        seq = row[0]
+        if seq != expected_seq:
+            seg.first_bad = expected_seq
+            seg.problem = f"event {expected_seq} is missing (found {seq} next): deleted"
+            break
+        if expected_seq == start:
+            seg.first_prev = row[11]
+        if prev is not None and row[11] != prev:
+            seg.first_bad = seq
+            seg.problem = f"event {seq} does not follow event {seq - 1}: {BROKEN}"
+            break
+        digest = compute(dict(zip(FIELDS, row, strict=False)))
+        if digest != row[12]:
+            seg.first_bad = seq
+            seg.problem = f"event {seq} was altered: its hash does not match its content"
+            break
+        if seq in wanted:
+            seg.hashes_at[seq] = digest
+        prev = digest
+        expected_seq += 1
+    seg.count = expected_seq - start
+    seg.last_hash = prev
+    return seg
+
+
+def stitch(segments: Sequence[Segment]) -> tuple[VerifyReport, str, dict[int, str]]:
+    """Join consecutive segments into one report: links across boundaries, gaps, first bad event."""
+    report = VerifyReport(ok=True)
+    prev = GENESIS
+    hashes_at: dict[int, str] = {}
+    last_seq = 0
+    for i, seg in enumerate(segments):
+        if seg.count and seg.first_prev != prev:
+            problem = f"event {seg.start} does not follow event {seg.start - 1}: {BROKEN}"
+            return _bad(report, seg.start, problem), prev, hashes_at
+        if seg.first_bad is not None:
+            return _bad(report, seg.first_bad, seg.problem or "bad event"), prev, hashes_at
+        hashes_at.update(seg.hashes_at)
+        if seg.count:
+            prev = seg.last_hash or prev
+            last_seq = seg.start + seg.count - 1
+        later = [s for s in segments[i + 1 :] if s.count]
+        if later and (seg.count == 0 or seg.start + seg.count != later[0].start):
+            missing = seg.start + seg.count
+            return _bad(report, missing, f"event {missing} is missing: deleted"), prev, hashes_at
+        if later and seg.count == 0:
+            break
+    report.events = report.last_seq = last_seq
+    return report, prev, hashes_at
+
+
 def verify_rows(
     rows: Iterable[Sequence[Any]],
     checkpoints: Sequence[Checkpoint],
@@ -98,31 +178,21 @@ def verify_rows(
     the stdlib canonical JSON with a faster, byte-identical one. ``head`` is the stored chain head, when
     the log comes from a database.
     """
-    compute = hasher or event_hash
-    expected_seq = 1
-    prev = GENESIS
-    hashes_at: dict[int, str] = {}
-    wanted = {cp.seq for cp in checkpoints}
-    report = VerifyReport(ok=True)
-    for row in rows:
-        seq = row[0]
-        if seq != expected_seq:
-            return _bad(report, expected_seq, f"event {expected_seq} is missing (found {seq} next): deleted")
-        if row[11] != prev:
-            return _bad(
-                report,
-                seq,
-                f"event {seq} does not follow event {seq - 1}: the chain was broken by an insertion, "
-                "deletion or reordering",
-            )
-        digest = compute(dict(zip(FIELDS, row, strict=False)))
-        if digest != row[12]:
-            return _bad(report, seq, f"event {seq} was altered: its hash does not match its content")
-        if seq in wanted:
-            hashes_at[seq] = digest
-        prev = digest
-        expected_seq += 1
-    report.events = report.last_seq = expected_seq - 1
+    segment = check_segment(rows, 1, GENESIS, {cp.seq for cp in checkpoints}, hasher)
+    return verify_segments([segment], checkpoints, public_keys, head=head)
+
+
+def verify_segments(
+    segments: Sequence[Segment],
+    checkpoints: Sequence[Checkpoint],
+    public_keys: dict[str, Any],
+    *,
+    head: tuple[int, str] | None = None,
+) -> VerifyReport:
+    """Stitch checked segments, then check the chain head and every signed checkpoint."""
+    report, prev, hashes_at = stitch(segments)
+    if not report.ok:
+        return report
 
     if head is not None and (head[0] != report.last_seq or head[1] != prev):
         if head[0] > report.last_seq:
