@@ -45,14 +45,14 @@ def _rows(url: str, start: int, end: int) -> Iterator[tuple[Any, ...]]:
         import psycopg
 
         conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
-        with psycopg.connect(conninfo) as conn, conn.cursor(name="falaj_audit_scan") as cur:
-            cur.itersize = FETCH
-            cur.execute(
+        with psycopg.connect(conninfo) as pg, pg.cursor(name="falaj_audit_scan") as server_cursor:
+            server_cursor.itersize = FETCH
+            server_cursor.execute(
                 f"SELECT {COLUMNS} FROM audit_events WHERE seq BETWEEN %s AND %s ORDER BY seq",  # noqa: S608
                 (start, end),
             )
-            while batch := cur.fetchmany(FETCH):
-                yield from batch
+            while rows := server_cursor.fetchmany(FETCH):
+                yield from rows
         return
     raise ValueError(f"no fast scanner for {backend}")
 
