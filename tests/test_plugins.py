@@ -276,3 +276,52 @@ def test_control_plane_is_usable_with_the_default_manager(tmp_path):
         assert r.ok
     finally:
         plane.close()
+
+
+def _impl(interface):
+    methods = {name: (lambda self, *a, **k: None) for name in interface.__abstractmethods__}
+    return type(f"Test{interface.__name__}", (interface,), {"__init__": lambda self, config: None, **methods})
+
+
+@pytest.mark.parametrize(
+    ("hook", "spec_name", "kind"),
+    [
+        ("falaj_storage_backends", "StorageBackendSpec", "storage"),
+        ("falaj_feature_stores", "FeatureStoreSpec", "feature_store"),
+        ("falaj_compute_backends", "ComputeBackendSpec", "compute"),
+        ("falaj_serving_runtimes", "ServingRuntimeSpec", "serving"),
+        ("falaj_cost_models", "CostModelSpec", "cost"),
+    ],
+)
+def test_every_backend_hook_reaches_a_configured_backend(tmp_path, hook, spec_name, kind):
+    import falaj.core.plugin as api
+    from tests.conftest import make_world
+
+    spec_type = getattr(api, spec_name)
+    factory = _impl(spec_type.interface)
+    plugin = module_from_object(
+        "kinds", **{hook: hookimpl(lambda: [spec_type(name="test-impl", factory=factory)])}
+    )
+    registry = create_plugin_manager(load_entrypoints=False, extra=[("kinds", plugin)])
+    assert registry.plugins["kinds"].provides == [f"{kind}:test-impl"]
+    world = make_world(tmp_path, f"sqlite:///{tmp_path / 'k.db'}", registry=registry)
+    try:
+        result = world.act(
+            "backend.register",
+            {
+                "name": "b1",
+                "kind": kind,
+                "plugin": "test-impl",
+                "region": "me-central-1",
+                "node_class": "gpu-cluster",
+            },
+        )
+        assert result.ok, result.message()
+        wrong_kind = "storage" if kind != "storage" else "cost"
+        mismatch = world.act(
+            "backend.register",
+            {"name": "b2", "kind": wrong_kind, "plugin": "test-impl", "region": "me-central-1"},
+        )
+        assert mismatch.outcome == "failed" and f"no {wrong_kind} plugin named 'test-impl'" in mismatch.error
+    finally:
+        world.plane.close()
