@@ -1,6 +1,6 @@
 """The role x action-kind matrix of a policy bundle, as docs/policies.md shows it.
 
-    python -m falaj.core.policy.matrix        # prints the Markdown table for the shipped bundle
+python -m falaj.core.policy.matrix        # prints the Markdown table for the shipped bundle
 """
 
 from __future__ import annotations
