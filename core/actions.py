@@ -124,6 +124,48 @@ class ConsentWithdraw(Payload):
     purpose: Role
 
 
+class TransferBasisRecord(Payload):
+    """A recorded basis for personal data to leave its residency (PDPL Art. 22 adequacy, Art. 23 contract or
+    express consent). ``dataset`` limits it to one dataset (and what derives from it); without it, it covers
+    the tenant's data of that classification."""
+
+    destination_country: Country
+    basis: Literal["adequacy", "contract", "express-consent"]
+    dataset: Name | None = None
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    expires_at: datetime | None = None
+
+
+class ResidencyExceptionRecord(Payload):
+    """A recorded exception for health data to be processed outside the UAE (MoHAP Resolution 51/2021)."""
+
+    destination_country: Country
+    dataset: Name
+    exception: Annotated[str, StringConstraints(min_length=3, max_length=200)]
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class ObjectionRecord(Payload):
+    """A data subject objects to automated decisions by a deployment (PDPL Art. 18)."""
+
+    deployment: Name
+    subject_id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    reason: Comment
+
+
+class SigningKeyCreate(Payload):
+    """Create a tenant signing key (ECDSA P-256), kept encrypted at rest by Falaj."""
+
+    key_name: Name
+    owner: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class ModelVersionExport(Payload):
+    model: Name
+    version: int = Field(ge=1)
+    destination: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
 class ErasureRequestPayload(Payload):
     subject_id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
@@ -299,6 +341,9 @@ class ActionKind(enum.StrEnum):
     DATASET_RETIRE = "dataset.retire"
     CONSENT_RECORD = "consent.record"
     CONSENT_WITHDRAW = "consent.withdraw"
+    TRANSFER_BASIS_RECORD = "transfer_basis.record"
+    RESIDENCY_EXCEPTION_RECORD = "residency_exception.record"
+    OBJECTION_RECORD = "objection.record"
     ERASURE_REQUEST = "erasure.request"
     ERASURE_EXECUTE = "erasure.execute"
     FEATURE_VIEW_APPLY = "feature_view.apply"
@@ -309,9 +354,11 @@ class ActionKind(enum.StrEnum):
     MODEL_REGISTER = "model.register"
     MODEL_VERSION_REGISTER = "model_version.register"
     MODEL_ALIAS_SET = "model_alias.set"
+    MODEL_VERSION_EXPORT = "model_version.export"
     ARTIFACT_SIGN = "artifact.sign"
     ARTIFACT_DELETE = "artifact.delete"
     ARTIFACT_GC = "artifact.gc"
+    SIGNING_KEY_CREATE = "signing_key.create"
     SIGNING_KEY_REGISTER = "signing_key.register"
     SIGNING_KEY_REVOKE = "signing_key.revoke"
     DEPLOYMENT_REQUEST = "deployment.request"
@@ -354,6 +401,9 @@ PAYLOADS: dict[ActionKind, type[Payload]] = {
     ActionKind.DATASET_RETIRE: DatasetRetire,
     ActionKind.CONSENT_RECORD: ConsentRecordPayload,
     ActionKind.CONSENT_WITHDRAW: ConsentWithdraw,
+    ActionKind.TRANSFER_BASIS_RECORD: TransferBasisRecord,
+    ActionKind.RESIDENCY_EXCEPTION_RECORD: ResidencyExceptionRecord,
+    ActionKind.OBJECTION_RECORD: ObjectionRecord,
     ActionKind.ERASURE_REQUEST: ErasureRequestPayload,
     ActionKind.ERASURE_EXECUTE: ErasureExecute,
     ActionKind.FEATURE_VIEW_APPLY: FeatureViewApply,
@@ -364,9 +414,11 @@ PAYLOADS: dict[ActionKind, type[Payload]] = {
     ActionKind.MODEL_REGISTER: ModelRegister,
     ActionKind.MODEL_VERSION_REGISTER: ModelVersionRegister,
     ActionKind.MODEL_ALIAS_SET: ModelAliasSet,
+    ActionKind.MODEL_VERSION_EXPORT: ModelVersionExport,
     ActionKind.ARTIFACT_SIGN: ArtifactSign,
     ActionKind.ARTIFACT_DELETE: ArtifactRef,
     ActionKind.ARTIFACT_GC: StorageGc,
+    ActionKind.SIGNING_KEY_CREATE: SigningKeyCreate,
     ActionKind.SIGNING_KEY_REGISTER: SigningKeyRegister,
     ActionKind.SIGNING_KEY_REVOKE: SigningKeyRevoke,
     ActionKind.DEPLOYMENT_REQUEST: DeploymentRequest,

@@ -43,6 +43,7 @@ class ApprovalRequest(IdMixin, CreatedMixin, Base):
     action_payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     resource: Mapped[str] = mapped_column(String(300))
     environment: Mapped[str] = mapped_column(String(32))
+    deployment_id: Mapped[str | None] = mapped_column(ForeignKey("deployments.id"), index=True)
     requester_id: Mapped[str] = mapped_column(String(32))
     quorum: Mapped[int]
     approver_role: Mapped[str] = mapped_column(String(63), default="approver")
@@ -120,6 +121,8 @@ class SigningKey(IdMixin, CreatedMixin, Base):
     key_id: Mapped[str] = mapped_column(String(71))
     owner: Mapped[str] = mapped_column(String(200))
     public_key_pem: Mapped[str] = mapped_column(Text)
+    # Set only for keys Falaj holds (signing_key.create): PKCS#8, encrypted with the master key.
+    private_key_pem: Mapped[str | None] = mapped_column(Text)
     revoked_at: Mapped[datetime | None]
 
 
@@ -132,3 +135,66 @@ class PolicyBundleRecord(IdMixin, CreatedMixin, Base):
     source: Mapped[str] = mapped_column(String(1024))
     files: Mapped[dict[str, Any]] = mapped_column(default=dict)
     loaded_by: Mapped[str | None] = mapped_column(String(200))
+    # The bundle in force is the one activated last; every worker follows it (see ControlPlane).
+    activated_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class TransferBasis(IdMixin, CreatedMixin, Base):
+    """A recorded basis for data to leave its residency country (PDPL Art. 22 / 23)."""
+
+    __tablename__ = "transfer_bases"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    destination_country: Mapped[str] = mapped_column(String(2))
+    basis: Mapped[str] = mapped_column(String(32))  # adequacy | contract | express-consent
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
+    evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    recorded_by: Mapped[str] = mapped_column(String(32))
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class ResidencyException(IdMixin, CreatedMixin, Base):
+    """A recorded exception for health data to be processed outside the UAE (MoHAP Resolution 51/2021)."""
+
+    __tablename__ = "residency_exceptions"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    destination_country: Mapped[str] = mapped_column(String(2))
+    exception: Mapped[str] = mapped_column(String(200))
+    evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    recorded_by: Mapped[str] = mapped_column(String(32))
+
+
+class Objection(IdMixin, CreatedMixin, Base):
+    """A data subject's objection to automated decisions by a deployment (PDPL Art. 18)."""
+
+    __tablename__ = "objections"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id"), index=True)
+    subject_id: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | reviewed
+
+
+class ModelSignature(IdMixin, CreatedMixin, Base):
+    """A sigstore bundle (model-signing, in-toto statement) over a model version's artifact."""
+
+    __tablename__ = "model_signatures"
+    __table_args__ = (UniqueConstraint("model_version_id", "key_id"),)
+
+    model_version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    key_id: Mapped[str] = mapped_column(String(71))
+    bundle: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    signed_by: Mapped[str] = mapped_column(String(200))
+
+
+class DatasetSubject(Base):
+    """Which data subjects a dataset version holds (read from its subject column at registration)."""
+
+    __tablename__ = "dataset_subjects"
+
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
+    subject_id: Mapped[str] = mapped_column(String(200), primary_key=True, index=True)

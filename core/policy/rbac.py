@@ -32,23 +32,20 @@ class Authorizer:
         model.load_model_from_text(bundle.model_text)
         self.enforcer = casbin.Enforcer(model)
         self.enforcer.enable_auto_save(False)
+        self._index: dict[tuple[str, str, str], list[RbacRule]] = {}
         for rule in bundle.rules:
-            self.enforcer.add_policy(rule.role, rule.tenant, rule.resource, rule.verb, rule.effect)
+            self._index.setdefault((rule.role, rule.tenant, rule.resource), []).append(rule)
+        self.enforcer.add_policies([[r.role, r.tenant, r.resource, r.verb, r.effect] for r in bundle.rules])
         self._role_decision = lru_cache(maxsize=65_536)(self._evaluate_role)
 
     def _evaluate_role(self, role: str, tenant: str, resource: str, verb: str) -> RoleDecision:
         # casbin decides; the bundle's lines (same matcher) say which rule it was, for explanations.
         allowed = bool(self.enforcer.enforce(role, tenant, resource, verb))
         wanted = "allow" if allowed else "deny"
-        for rule in self.bundle.rules:
-            if (
-                rule.effect == wanted
-                and rule.role == role
-                and rule.tenant in ("*", tenant)
-                and rule.resource == resource
-                and rule.verb in ("*", verb)
-            ):
-                return RoleDecision(wanted, rule)
+        for scope in (tenant, "*"):
+            for rule in self._index.get((role, scope, resource), ()):
+                if rule.effect == wanted and rule.verb in ("*", verb):
+                    return RoleDecision(wanted, rule)
         if allowed:
             return RoleDecision("allow", None)
         return RoleDecision(None, None)
