@@ -82,9 +82,7 @@ def load_chain(plane: ControlPlane, n: int, signer: AuditSigner) -> None:
             batch.append(fields)
             if seq % 256 == 0:
                 sig = base64.b64encode(signer.sign(checkpoint_message(seq, prev))).decode()
-                checkpoints.append(
-                    {"seq": seq, "hash": prev, "ts": ts, "key_id": signer.key_id, "signature": sig}
-                )
+                checkpoints.append({"seq": seq, "hash": prev, "ts": ts, "key_id": signer.key_id, "signature": sig})
             if len(batch) == 20_000:
                 conn.execute(insert(AuditEvent), batch)
                 batch = []

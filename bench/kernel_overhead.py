@@ -85,9 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     kinds = ["sqlite"] + (["postgres"] if pg_available() else [])
     results = [run(k, args.actions, args.rounds) for k in kinds]
-    print(
-        "| database | governed p50 (ms) | governed p99 | direct p50 (ms) | direct p99 | overhead p50 (ms) | ratio |"
-    )
+    print("| database | governed p50 (ms) | governed p99 | direct p50 (ms) | direct p99 | overhead p50 (ms) | ratio |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
         print(

@@ -14,8 +14,9 @@ from falaj.core.actions import TenantCreate
 from falaj.core.audit import AuditEntry, sha256_digest
 from falaj.core.config import Settings
 from falaj.core.decision import CheckResult
-from falaj.core.domain import ApiToken, PolicyBundleRecord, Principal, RoleAssignment, Tenant
+from falaj.core.domain import ApiToken, Principal, RoleAssignment, Tenant
 from falaj.core.errors import ConflictError, ValidationError
+from falaj.core.handlers.governance import record_bundle
 from falaj.core.keys import AuditSigner
 from falaj.core.pipeline import ControlPlane
 from falaj.core.tokens import new_token
@@ -69,9 +70,7 @@ def initialise(settings: Settings, *, tenant: str, display_name: str, admin: str
             session.flush()
             for role in ("admin", "platform-admin"):
                 session.add(
-                    RoleAssignment(
-                        tenant_id=row.id, principal_id=principal.id, role=role, granted_by="bootstrap"
-                    )
+                    RoleAssignment(tenant_id=row.id, principal_id=principal.id, role=role, granted_by="bootstrap")
                 )
             token = new_token()
             session.add(
@@ -84,14 +83,7 @@ def initialise(settings: Settings, *, tenant: str, display_name: str, admin: str
                 )
             )
             bundle = plane.bundle
-            session.add(
-                PolicyBundleRecord(
-                    digest=bundle.digest,
-                    source=bundle.source,
-                    files={k: v.decode("utf-8") for k, v in bundle.files.items()},
-                    loaded_by="bootstrap",
-                )
-            )
+            record_bundle(session, bundle, "bootstrap")
             reason = [CheckResult.passed("bootstrap", "falaj init: first tenant and admin").as_dict()]
             for kind, resource, payload in (
                 ("tenant.create", f"tenant/{tenant}", {"slug": tenant, "display_name": display_name}),

@@ -53,9 +53,7 @@ class AuditSigner:
         return self._key.sign(message)
 
     def public_pem(self) -> bytes:
-        return self.public_key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        return self.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     @classmethod
     def load(cls, settings: Settings, *, create: bool = False) -> AuditSigner:

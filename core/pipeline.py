@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,12 +34,25 @@ from falaj.core.audit import AuditEntry, AuditLog, sha256_digest
 from falaj.core.config import Settings
 from falaj.core.db import create_db_engine, read_only, session_factory
 from falaj.core.decision import CheckOutcome, CheckResult, Decision, Verdict
-from falaj.core.domain import ApiToken, Backend, Operation, Principal, RoleAssignment, Tenant, new_id
+from falaj.core.domain import (
+    ApiToken,
+    Backend,
+    ModelVersion,
+    Operation,
+    PolicyBundleRecord,
+    Principal,
+    RoleAssignment,
+    Tenant,
+    new_id,
+)
 from falaj.core.errors import BackendError, ConflictError, FalajError, NotFoundError, ValidationError
-from falaj.core.handlers import HANDLERS, HandlerContext, Outcome, PrincipalView, TenantView
+from falaj.core.handlers import HANDLERS, PENDING_HANDLERS, HandlerContext, Outcome, PrincipalView, TenantView
 from falaj.core.keys import AuditSigner
 from falaj.core.plugin import BackendConfig, CheckContext, PluginRegistry, create_plugin_manager
 from falaj.core.policy import Authorizer, PolicyBundle, load_bundle
+from falaj.core.policy.bundle import parse_bundle
+from falaj.core.policy.engine import PolicyEngine
+from falaj.core.policy.facts import FactLoader
 from falaj.core.tokens import secret_matches, split_token
 
 log = logging.getLogger(__name__)
@@ -119,8 +133,15 @@ class ControlPlane:
         self.engine = engine or create_db_engine(settings.database_url, echo=settings.echo_sql)
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
         self.registry = registry or create_plugin_manager()
+        # An explicit bundle pins it; otherwise the bundle activated last in the database is in force
+        # (falaj init stores the first one), so every worker follows an audited policy.reload.
+        self._pinned = bundle is not None
         self._bundle = bundle or load_bundle(settings.policy_dir)
         self.authorizer = Authorizer(self._bundle)
+        self.policy = PolicyEngine(self._bundle, self.authorizer)
+        self.facts = FactLoader(self)
+        self._bundle_checked = 0.0
+        self._signature_cache: dict[tuple[str, str, str], str | None] = {}
         self.signer = signer
         self.audit = AuditLog(
             signer,
@@ -145,8 +166,44 @@ class ControlPlane:
     def use_bundle(self, bundle: PolicyBundle) -> None:
         """Swap the policy bundle in force; decisions already running keep the one they started with."""
         with self._lock:
-            self._bundle = bundle
-            self.authorizer = Authorizer(bundle)
+            authorizer = Authorizer(bundle)
+            self._bundle, self.authorizer, self.policy = bundle, authorizer, PolicyEngine(bundle, authorizer)
+
+    def sync_bundle(self, *, force: bool = False) -> None:
+        """Follow the bundle activated last in the database (checked at most once a second)."""
+        now = time.monotonic()
+        if self._pinned or (not force and now - self._bundle_checked < 1.0):
+            return
+        self._bundle_checked = now
+        with read_only(self.engine).connect() as conn:
+            row = conn.execute(_ACTIVE_BUNDLE).first()
+        if row is None or row.digest == self._bundle.digest:
+            return
+        files = {name: text.encode("utf-8") for name, text in row.files.items()}
+        self.use_bundle(parse_bundle(files, f"database ({row.digest[:19]})"))
+
+    def verify_signature(
+        self, tenant: str, version: ModelVersion, bundle: dict[str, Any], public_pem: str
+    ) -> str | None:
+        """Check a signature bundle against a model version's stored artifact; None if it verifies."""
+        key = (version.artifact_digest, sha256_digest(bundle), public_pem)
+        if key in self._signature_cache:
+            return self._signature_cache[key]
+        from falaj.core import signing
+        from falaj.core.artifacts import read_manifest
+
+        try:
+            with self.sessions() as session:
+                backend = session.get(Backend, version.storage_backend_id)
+            if backend is None:
+                return "the artifact's storage backend is gone"
+            store = self.backend_instance(tenant, backend)
+            manifest = read_manifest(store, tenant, version.artifact_digest)
+        except FalajError as exc:
+            return str(exc)
+        problem = signing.verify_against_manifest(bundle, public_pem.encode("utf-8"), manifest)
+        self._signature_cache[key] = problem
+        return problem
 
     def close(self) -> None:
         self.engine.dispose()
@@ -154,6 +211,7 @@ class ControlPlane:
     # -- the pipeline --------------------------------------------------------------------------------------
     def execute(self, action: Action) -> Result:
         """Run one action through the governed pipeline and return its result. Never raises for bad input."""
+        self.sync_bundle()
         bundle, authorizer = self._bundle, self.authorizer
         operation_id = new_id()
         payload_digest = payload_sha256(action.kind, action.payload)
@@ -180,6 +238,8 @@ class ControlPlane:
             )
             if decision.allowed:
                 self._delegate(session, ev, decision, operation_id, result)
+            elif decision.verdict is Verdict.PENDING and ev.kind in PENDING_HANDLERS:
+                self._delegate(session, ev, decision, operation_id, result, pending=True)
             self._record(session, action, ev, decision, result, payload_digest)
             session.commit()
         except Exception:
@@ -212,17 +272,22 @@ class ControlPlane:
         return Decision.from_checks(ev.checks, bundle.digest)
 
     def _delegate(
-        self, session: Session, ev: _Evaluation, decision: Decision, operation_id: str, result: Result
+        self,
+        session: Session,
+        ev: _Evaluation,
+        decision: Decision,
+        operation_id: str,
+        result: Result,
+        *,
+        pending: bool = False,
     ) -> None:
         assert ev.kind is not None and ev.tenant is not None and ev.principal is not None
-        handler = HANDLERS[ev.kind]
+        handler = PENDING_HANDLERS[ev.kind] if pending else HANDLERS[ev.kind]
         ctx = HandlerContext(session, self, ev.tenant, ev.principal, ev.payload, decision, operation_id)
         try:
             outcome = handler(ctx)
             if not isinstance(outcome, Outcome):
-                raise BackendError(
-                    f"handler for {ev.kind} returned {type(outcome).__name__}, expected Outcome"
-                )
+                raise BackendError(f"handler for {ev.kind} returned {type(outcome).__name__}, expected Outcome")
             session.flush()
         except Exception as exc:
             # Roll the whole transaction back: nothing the handler wrote survives. The failure is then
@@ -234,7 +299,7 @@ class ControlPlane:
             if result.error_type == "internal":
                 log.exception("action %s failed", ev.kind)
             return
-        result.outcome = "succeeded"
+        result.outcome = "pending" if pending else "succeeded"
         result.data = outcome.data
         result.secret = outcome.secret
 
@@ -320,11 +385,7 @@ class ControlPlane:
         ev.kind = kind
 
         conn = session.connection()
-        row = (
-            conn.execute(_TENANT_BY_SLUG, {"slug": action.tenant}).first()
-            if isinstance(action.tenant, str)
-            else None
-        )
+        row = conn.execute(_TENANT_BY_SLUG, {"slug": action.tenant}).first() if isinstance(action.tenant, str) else None
         tenant = TenantView(*row) if row is not None else None
         if tenant is None:
             checks.append(CheckResult.failed("tenant", f"unknown tenant {str(action.tenant)[:63]!r}"))
@@ -375,6 +436,8 @@ class ControlPlane:
             return ev
 
         backend_config = self._target_backend(session, tenant, payload, checks)
+        facts = self.facts.load(session, tenant, principal, roles, kind, payload, backend_config)
+        checks.extend(self.policy.checks(facts))
         applicable = [spec for spec in self.registry.policy_checks if spec.applies_to(kind.value)]
         if not applicable:
             return ev
@@ -402,9 +465,7 @@ class ControlPlane:
         if isinstance(credential, TokenCredential):
             parts = split_token(credential.token) if isinstance(credential.token, str) else None
             if parts is None:
-                return None, CheckResult.failed(
-                    "authenticate", "malformed API token (expected flj_<id>_<secret>)"
-                )
+                return None, CheckResult.failed("authenticate", "malformed API token (expected flj_<id>_<secret>)")
             row = conn.execute(_TOKEN_BY_PREFIX, {"prefix": parts[0]}).first()
             if row is None or not secret_matches(parts[1], row.secret_hash):
                 return None, CheckResult.failed("authenticate", "unknown API token")
@@ -417,13 +478,9 @@ class ControlPlane:
         elif isinstance(credential, PrincipalRef):
             row = conn.execute(_PRINCIPAL_BY_ID, {"pid": credential.principal_id}).first()
             if row is None:
-                return None, CheckResult.failed(
-                    "authenticate", f"unknown principal {credential.principal_id!r}"
-                )
+                return None, CheckResult.failed("authenticate", f"unknown principal {credential.principal_id!r}")
         else:
-            return None, CheckResult.failed(
-                "authenticate", f"unsupported credential {type(credential).__name__}"
-            )
+            return None, CheckResult.failed("authenticate", f"unsupported credential {type(credential).__name__}")
         principal = PrincipalView(
             id=row.principal_id,
             name=row.name,
@@ -448,9 +505,7 @@ class ControlPlane:
             return None
         row = session.scalar(select(Backend).where(Backend.tenant_id == tenant.id, Backend.name == name))
         if row is None:
-            checks.append(
-                CheckResult.failed("backend", f"no backend named {name!r} in tenant {tenant.slug!r}")
-            )
+            checks.append(CheckResult.failed("backend", f"no backend named {name!r} in tenant {tenant.slug!r}"))
             return None
         if not row.enabled:
             checks.append(CheckResult.failed("backend", f"backend {name!r} is disabled"))
@@ -505,9 +560,7 @@ def _run_check(spec: Any, context: CheckContext) -> CheckResult:
     try:
         outcome = spec.check(context)
     except Exception as exc:
-        return CheckResult.failed(
-            spec.name, f"check raised {type(exc).__name__}: {exc} (a check that fails denies)"
-        )
+        return CheckResult.failed(spec.name, f"check raised {type(exc).__name__}: {exc} (a check that fails denies)")
     if not isinstance(outcome, CheckResult):
         return CheckResult.failed(
             spec.name, f"plugin check returned {type(outcome).__name__}, expected CheckResult (denied)"
@@ -600,9 +653,13 @@ _PRINCIPAL_BY_ID = (
     .join(Tenant, Principal.tenant_id == Tenant.id)
     .where(Principal.id == bindparam("pid"))
 )
-_TOUCH_TOKEN = (
-    update(ApiToken).where(ApiToken.id == bindparam("token_id")).values(last_used_at=bindparam("now"))
-)
+_TOUCH_TOKEN = update(ApiToken).where(ApiToken.id == bindparam("token_id")).values(last_used_at=bindparam("now"))
 _ROLES = select(RoleAssignment.role).where(
     RoleAssignment.principal_id == bindparam("pid"), RoleAssignment.tenant_id == bindparam("tid")
+)
+_ACTIVE_BUNDLE = (
+    select(PolicyBundleRecord.digest, PolicyBundleRecord.files)
+    .where(PolicyBundleRecord.activated_at.is_not(None))
+    .order_by(PolicyBundleRecord.activated_at.desc())
+    .limit(1)
 )

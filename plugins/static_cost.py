@@ -27,9 +27,7 @@ class RateCardCostModel(CostModel):
         rate = self.rates.get(backend.node_class)
         if rate is None:
             raise ValueError(f"no rate for node class {backend.node_class!r}")
-        hours = (
-            Decimal(str(payload.get("spec", {}).get("max_hours", 1))) if isinstance(payload, Mapping) else 1
-        )
+        hours = Decimal(str(payload.get("spec", {}).get("max_hours", 1))) if isinstance(payload, Mapping) else 1
         amount = (rate * Decimal(hours)).quantize(Decimal("0.01"))
         return CostEstimate(amount, self.currency, {"rate_per_hour": str(rate), "hours": str(hours)})
 

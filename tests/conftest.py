@@ -29,9 +29,7 @@ REQUIRE_PG = os.environ.get("FALAJ_REQUIRE_POSTGRES") == "1"
 def _pg_admin() -> Any:
     import psycopg
 
-    return psycopg.connect(
-        PG_URL.replace("postgresql+psycopg://", "postgresql://"), autocommit=True, connect_timeout=3
-    )
+    return psycopg.connect(PG_URL.replace("postgresql+psycopg://", "postgresql://"), autocommit=True, connect_timeout=3)
 
 
 def _pg_available() -> str | None:
@@ -134,9 +132,7 @@ class World:
         kind: str = "user",
     ) -> str:
         """Create a principal with roles and return its token (kept under ``name``)."""
-        created = self.act(
-            "principal.create", {"name": name, "roles": roles, "kind": kind}, as_=as_, tenant=tenant
-        )
+        created = self.act("principal.create", {"name": name, "roles": roles, "kind": kind}, as_=as_, tenant=tenant)
         assert created.ok, created.message()
         issued = self.act("token.issue", {"principal": name}, as_=as_, tenant=tenant)
         assert issued.ok, issued.message()

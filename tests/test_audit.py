@@ -78,9 +78,7 @@ def test_inserted_event_is_detected(world):
     fill(world, 6)
     # Shift events 5.. up by one and insert a forged event at 5 that links to event 4.
     with world.plane.engine.begin() as conn:
-        rows = conn.execute(
-            select(AuditEvent).where(AuditEvent.seq >= 5).order_by(AuditEvent.seq.desc())
-        ).all()
+        rows = conn.execute(select(AuditEvent).where(AuditEvent.seq >= 5).order_by(AuditEvent.seq.desc())).all()
         for r in rows:
             conn.execute(update(AuditEvent).where(AuditEvent.seq == r.seq).values(seq=r.seq + 1))
         prev = conn.execute(select(AuditEvent.hash).where(AuditEvent.seq == 4)).scalar_one()
@@ -178,9 +176,7 @@ def test_export_verifies_offline_with_only_the_public_key(world, tmp_path):
     event["resource"] = "budget/forged"
     lines[4] = json.dumps(event)
     (out / "events.jsonl").write_text("\n".join(lines) + "\n")
-    proc = subprocess.run(
-        [sys.executable, "-I", str(out / "verify.py"), str(out)], capture_output=True, text=True
-    )
+    proc = subprocess.run([sys.executable, "-I", str(out / "verify.py"), str(out)], capture_output=True, text=True)
     assert proc.returncode == 1 and "first bad seq 5" in proc.stdout
     assert verify_export(out).first_bad_seq == 5
 
@@ -237,9 +233,7 @@ def test_two_processes_on_postgres_never_fork_the_chain(world, tmp_path):
     )
     url = world.settings.database_url
     procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(world.settings.home), url, world.admin_token, str(k)]
-        )
+        subprocess.Popen([sys.executable, str(script), str(world.settings.home), url, world.admin_token, str(k)])
         for k in range(2)
     ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]

@@ -110,9 +110,7 @@ def test_do_and_audit_verify_and_tamper(installed):
 def test_audit_export_is_governed_and_verifiable(installed, tmp_path):
     home, token = installed
     out = tmp_path / "evidence"
-    refused = run(
-        ["audit", "export", "--tenant", "acme", "--out", str(out), "--token", "flj_000000000000_x"], home
-    )
+    refused = run(["audit", "export", "--tenant", "acme", "--out", str(out), "--token", "flj_000000000000_x"], home)
     assert refused.returncode == 1 and "unknown API token" in refused.stdout
     assert not out.exists()
     exported = run(["audit", "export", "--tenant", "acme", "--out", str(out)], home, token=token)

@@ -269,9 +269,7 @@ def test_control_plane_is_usable_with_the_default_manager(tmp_path):
     plane = ControlPlane(settings, signer=AuditSigner.load(settings))
     try:
         r = plane.execute(
-            Action(
-                "budget.set", "op", TokenCredential(boot.token), {"period": "2027-01", "limit_amount": "1"}
-            )
+            Action("budget.set", "op", TokenCredential(boot.token), {"period": "2027-01", "limit_amount": "1"})
         )
         assert r.ok
     finally:
@@ -299,9 +297,7 @@ def test_every_backend_hook_reaches_a_configured_backend(tmp_path, hook, spec_na
 
     spec_type = getattr(api, spec_name)
     factory = _impl(spec_type.interface)
-    plugin = module_from_object(
-        "kinds", **{hook: hookimpl(lambda: [spec_type(name="test-impl", factory=factory)])}
-    )
+    plugin = module_from_object("kinds", **{hook: hookimpl(lambda: [spec_type(name="test-impl", factory=factory)])})
     registry = create_plugin_manager(load_entrypoints=False, extra=[("kinds", plugin)])
     assert registry.plugins["kinds"].provides == [f"{kind}:test-impl"]
     world = make_world(tmp_path, f"sqlite:///{tmp_path / 'k.db'}", registry=registry)

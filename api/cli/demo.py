@@ -143,15 +143,11 @@ def _people(demo: Demo, settings: Settings) -> None:
         assert issued.secret is not None
         demo.tokens[name] = issued.secret
     demo.expect(
-        demo.act(
-            "admin", "principal.create", {"name": "retrain-bot", "kind": "service", "roles": ["service"]}
-        ),
+        demo.act("admin", "principal.create", {"name": "retrain-bot", "kind": "service", "roles": ["service"]}),
         "succeeded",
         "service",
     )
-    demo.note(
-        "people", ", ".join(f"{n} ({'/'.join(r)})" for n, r in PEOPLE.items()) + ", retrain-bot (service)"
-    )
+    demo.note("people", ", ".join(f"{n} ({'/'.join(r)})" for n, r in PEOPLE.items()) + ", retrain-bot (service)")
 
 
 def _backends(demo: Demo, settings: Settings) -> None:
@@ -278,9 +274,7 @@ def _model(demo: Demo, settings: Settings) -> None:
 
 def _denials(demo: Demo, settings: Settings) -> None:
     shown = []
-    r = demo.expect(
-        demo.act("layla", "principal.create", {"name": "intern", "roles": ["admin"]}), "denied", "rbac"
-    )
+    r = demo.expect(demo.act("layla", "principal.create", {"name": "intern", "roles": ["admin"]}), "denied", "rbac")
     shown.append(("layla creates an admin", r.decision.failures[0].reason))
     r = demo.expect(
         demo.act("fatima", "dataset.register", {"name": "x", "classification": "public", "residency": "AE"}),
@@ -293,14 +287,10 @@ def _denials(demo: Demo, settings: Settings) -> None:
         "succeeded",
         "tenant",
     )
-    r = demo.expect(
-        demo.act("layla", "model.register", {"name": "peek"}, tenant="dubai-clinic"), "denied", "x"
-    )
+    r = demo.expect(demo.act("layla", "model.register", {"name": "peek"}, tenant="dubai-clinic"), "denied", "x")
     shown.append(("layla acts in another tenant", r.decision.failures[0].reason))
     r = demo.expect(
-        demo.act(
-            "omar", "dataset.register", {"name": "y", "classification": "top-secret", "residency": "AE"}
-        ),
+        demo.act("omar", "dataset.register", {"name": "y", "classification": "top-secret", "residency": "AE"}),
         "denied",
         "payload",
     )
@@ -359,9 +349,7 @@ def _tamper(demo: Demo, settings: Settings) -> None:
     con.execute(f"VACUUM INTO '{copy / 'falaj.db'}'")
     con.close()
     tampered = sqlite3.connect(copy / "falaj.db")
-    seq = tampered.execute("SELECT seq FROM audit_events WHERE action = 'model_version.register'").fetchone()[
-        0
-    ]
+    seq = tampered.execute("SELECT seq FROM audit_events WHERE action = 'model_version.register'").fetchone()[0]
     tampered.execute("UPDATE audit_events SET principal = 'gulf-bank/someone-else' WHERE seq = ?", (seq,))
     tampered.commit()
     tampered.close()

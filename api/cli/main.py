@@ -46,12 +46,8 @@ def _token(token: str | None) -> TokenCredential:
     return TokenCredential(token)
 
 
-token_option = click.option(
-    "--token", envvar="FALAJ_TOKEN", help="API token (or FALAJ_TOKEN).", show_envvar=True
-)
-tenant_option = click.option(
-    "--tenant", envvar="FALAJ_TENANT", required=True, help="Tenant slug (or FALAJ_TENANT)."
-)
+token_option = click.option("--token", envvar="FALAJ_TOKEN", help="API token (or FALAJ_TOKEN).", show_envvar=True)
+tenant_option = click.option("--tenant", envvar="FALAJ_TENANT", required=True, help="Tenant slug (or FALAJ_TENANT).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -263,9 +259,7 @@ def audit_export(tenant: str, token: str | None, out: Path) -> None:
     plane = _plane()
     try:
         result = plane.execute(
-            Action(
-                kind="audit.export", tenant=tenant, principal=_token(token), payload={"destination": str(out)}
-            )
+            Action(kind="audit.export", tenant=tenant, principal=_token(token), payload={"destination": str(out)})
         )
     finally:
         plane.close()

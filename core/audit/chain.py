@@ -27,9 +27,7 @@ HEAD_ID = 1
 _LOCK_HEAD = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == HEAD_ID).with_for_update()
 _INSERT_EVENT = insert(AuditEvent)
 _MOVE_HEAD = (
-    update(AuditHead)
-    .where(AuditHead.id == HEAD_ID)
-    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+    update(AuditHead).where(AuditHead.id == HEAD_ID).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 )
 _INSERT_CHECKPOINT = insert(AuditCheckpoint)
 WITNESS_FILE = "checkpoints.jsonl"

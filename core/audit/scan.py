@@ -63,9 +63,7 @@ def supported(url: str) -> bool:
 
 def check_range(url: str, start: int, end: int, wanted: Sequence[int], first: bool) -> Segment:
     """Check seqs ``start..end``; the first range also checks the link to the genesis hash."""
-    return check_segment(
-        _rows(url, start, end), start, GENESIS if first else None, set(wanted), fast_event_hash
-    )
+    return check_segment(_rows(url, start, end), start, GENESIS if first else None, set(wanted), fast_event_hash)
 
 
 def scan(url: str, head_seq: int, wanted: Sequence[int], workers: int | None = None) -> list[Segment]:
@@ -81,7 +79,5 @@ def scan(url: str, head_seq: int, wanted: Sequence[int], workers: int | None = N
     # pool, and multiprocessing ends them with os._exit, so no inherited connection is finalised.
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=len(ranges), mp_context=context) as pool:
-        futures = [
-            pool.submit(check_range, url, a, b, [w for w in wanted if a <= w <= b], a == 1) for a, b in ranges
-        ]
+        futures = [pool.submit(check_range, url, a, b, [w for w in wanted if a <= w <= b], a == 1) for a, b in ranges]
         return [f.result() for f in futures]

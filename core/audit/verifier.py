@@ -215,8 +215,7 @@ def verify_segments(
             return _bad(
                 report,
                 report.last_seq + 1,
-                f"truncated tail: a signed checkpoint covers seq {cp.seq} but the log ends at "
-                f"{report.last_seq}",
+                f"truncated tail: a signed checkpoint covers seq {cp.seq} but the log ends at {report.last_seq}",
             )
         if hashes_at.get(cp.seq) != cp.hash:
             return _bad(report, cp.seq, f"event {cp.seq} differs from the signed checkpoint at that seq")

@@ -1,8 +1,9 @@
 """Handlers: what each allowed action does. Importing this package registers them all."""
 
-from falaj.core.handlers import governance, identity, resources
+from falaj.core.handlers import governance, identity, lifecycle, privacy, resources
 from falaj.core.handlers.base import (
     HANDLERS,
+    PENDING_HANDLERS,
     Handler,
     HandlerContext,
     Outcome,
@@ -13,6 +14,7 @@ from falaj.core.handlers.base import (
 
 __all__ = [
     "HANDLERS",
+    "PENDING_HANDLERS",
     "Handler",
     "HandlerContext",
     "Outcome",
@@ -21,5 +23,7 @@ __all__ = [
     "governance",
     "handles",
     "identity",
+    "lifecycle",
+    "privacy",
     "resources",
 ]

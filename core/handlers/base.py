@@ -52,9 +52,7 @@ class HandlerContext:
     operation_id: str
 
     def backend(self, name: str, kind: str) -> Backend:
-        row = self.session.scalar(
-            select(Backend).where(Backend.tenant_id == self.tenant.id, Backend.name == name)
-        )
+        row = self.session.scalar(select(Backend).where(Backend.tenant_id == self.tenant.id, Backend.name == name))
         if row is None or row.kind != kind:
             raise NotFoundError(f"no {kind} backend named {name!r} in tenant {self.tenant.slug!r}")
         return row
@@ -70,13 +68,16 @@ class Outcome:
 
 Handler = Callable[[HandlerContext], Outcome]
 HANDLERS: dict[ActionKind, Handler] = {}
+#: Handlers run when the decision is *pending* (e.g. a deployment request waiting for approvals).
+PENDING_HANDLERS: dict[ActionKind, Handler] = {}
 
 
-def handles(kind: ActionKind) -> Callable[[Handler], Handler]:
+def handles(kind: ActionKind, *, pending: bool = False) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
-        if kind in HANDLERS:
+        table = PENDING_HANDLERS if pending else HANDLERS
+        if kind in table:
             raise RuntimeError(f"two handlers for {kind}")
-        HANDLERS[kind] = fn
+        table[kind] = fn
         return fn
 
     return register

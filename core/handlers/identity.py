@@ -23,9 +23,7 @@ from falaj.core.tokens import new_token
 
 
 def _principal(ctx: HandlerContext, name: str) -> Principal:
-    row = ctx.session.scalar(
-        select(Principal).where(Principal.tenant_id == ctx.tenant.id, Principal.name == name)
-    )
+    row = ctx.session.scalar(select(Principal).where(Principal.tenant_id == ctx.tenant.id, Principal.name == name))
     if row is None:
         raise NotFoundError(f"no principal named {name!r} in tenant {ctx.tenant.slug!r}")
     return row
@@ -59,9 +57,7 @@ def create_tenant(ctx: HandlerContext) -> Outcome:
 def update_tenant(ctx: HandlerContext) -> Outcome:
     p: TenantUpdate = typed(ctx, TenantUpdate)
     if p.slug != ctx.tenant.slug:
-        raise ValidationError(
-            f"slug {p.slug!r} must name the tenant the action runs in ({ctx.tenant.slug!r})"
-        )
+        raise ValidationError(f"slug {p.slug!r} must name the tenant the action runs in ({ctx.tenant.slug!r})")
     if p.ruleset is not None and p.ruleset not in ctx.plane.bundle.known_rulesets:
         raise ValidationError(f"unknown ruleset {p.ruleset!r}")
     tenant = ctx.session.get(Tenant, ctx.tenant.id)
@@ -89,9 +85,7 @@ def create_principal(ctx: HandlerContext) -> Outcome:
     ctx.session.flush()
     for role in sorted(set(p.roles)):
         ctx.session.add(
-            RoleAssignment(
-                tenant_id=ctx.tenant.id, principal_id=principal.id, role=role, granted_by=ctx.principal.id
-            )
+            RoleAssignment(tenant_id=ctx.tenant.id, principal_id=principal.id, role=role, granted_by=ctx.principal.id)
         )
     return Outcome(
         {"principal_id": principal.id, "name": principal.name, "kind": p.kind, "roles": sorted(set(p.roles))}
@@ -165,9 +159,7 @@ def assign_role(ctx: HandlerContext) -> Outcome:
     if exists is not None:
         raise ConflictError(f"{p.principal!r} already has role {p.role!r}")
     ctx.session.add(
-        RoleAssignment(
-            tenant_id=ctx.tenant.id, principal_id=principal.id, role=p.role, granted_by=ctx.principal.id
-        )
+        RoleAssignment(tenant_id=ctx.tenant.id, principal_id=principal.id, role=p.role, granted_by=ctx.principal.id)
     )
     return Outcome({"principal": principal.name, "role": p.role})
 

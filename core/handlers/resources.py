@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from falaj.core.actions import (
     ActionKind,
@@ -18,14 +19,18 @@ from falaj.core.actions import (
     ModelRegister,
     ModelVersionRegister,
 )
+from falaj.core.datasets import read_subjects
 from falaj.core.domain import (
     Backend,
     ConsentRecord,
     Dataset,
+    DatasetSubject,
     LineageEdge,
     Model,
     ModelAlias,
+    ModelSignature,
     ModelVersion,
+    SigningKey,
     TrainingRun,
 )
 from falaj.core.errors import BackendError, ConflictError, NotFoundError, ValidationError
@@ -38,12 +43,8 @@ def register_backend(ctx: HandlerContext) -> Outcome:
     spec = ctx.plane.registry.backend_spec(p.kind, p.plugin)
     if spec is None:
         available = sorted(ctx.plane.registry.backends.get(p.kind, {}))
-        raise ValidationError(
-            f"no {p.kind} plugin named {p.plugin!r} is installed; available: {available or 'none'}"
-        )
-    exists = ctx.session.scalar(
-        select(Backend.id).where(Backend.tenant_id == ctx.tenant.id, Backend.name == p.name)
-    )
+        raise ValidationError(f"no {p.kind} plugin named {p.plugin!r} is installed; available: {available or 'none'}")
+    exists = ctx.session.scalar(select(Backend.id).where(Backend.tenant_id == ctx.tenant.id, Backend.name == p.name))
     if exists is not None:
         raise ConflictError(f"backend {p.name!r} already exists in tenant {ctx.tenant.slug!r}")
     row = Backend(
@@ -65,9 +66,7 @@ def register_backend(ctx: HandlerContext) -> Outcome:
 @handles(ActionKind.BACKEND_DISABLE)
 def disable_backend(ctx: HandlerContext) -> Outcome:
     p: BackendName = typed(ctx, BackendName)
-    row = ctx.session.scalar(
-        select(Backend).where(Backend.tenant_id == ctx.tenant.id, Backend.name == p.name)
-    )
+    row = ctx.session.scalar(select(Backend).where(Backend.tenant_id == ctx.tenant.id, Backend.name == p.name))
     if row is None:
         raise NotFoundError(f"no backend named {p.name!r} in tenant {ctx.tenant.slug!r}")
     row.enabled = False
@@ -80,11 +79,20 @@ def register_dataset(ctx: HandlerContext) -> Outcome:
     storage_id = None
     if p.storage_backend is not None:
         storage_id = ctx.backend(p.storage_backend, "storage").id
-    if p.classification in ("personal", "sensitive", "health") and not p.subject_column:
+    personal = p.classification in ("personal", "sensitive", "health")
+    if personal and not p.subject_column:
         raise ValidationError(
-            f"subject_column is required for {p.classification} data, "
-            "so consent and erasure can find the data subjects"
+            f"subject_column is required for {p.classification} data, so consent and erasure can find the data subjects"
         )
+    if personal and not p.legal_basis:
+        raise ValidationError(f"legal_basis is required for {p.classification} data (PDPL Art. 4 or consent)")
+    if p.legal_basis and p.legal_basis not in ctx.plane.bundle.legal_bases:
+        raise ValidationError(
+            f"unknown legal basis {p.legal_basis!r}: known are {sorted(ctx.plane.bundle.legal_bases)}"
+        )
+    subjects: set[str] = set()
+    if p.uri and p.subject_column:
+        subjects = read_subjects(p.uri, p.subject_column, p.digest)
     latest = ctx.session.scalar(
         select(func.max(Dataset.version)).where(Dataset.tenant_id == ctx.tenant.id, Dataset.name == p.name)
     )
@@ -103,7 +111,9 @@ def register_dataset(ctx: HandlerContext) -> Outcome:
     )
     ctx.session.add(row)
     ctx.session.flush()
-    return Outcome({"dataset_id": row.id, "name": row.name, "version": row.version})
+    if subjects:
+        ctx.session.execute(insert(DatasetSubject), [{"dataset_id": row.id, "subject_id": s} for s in sorted(subjects)])
+    return Outcome({"dataset_id": row.id, "name": row.name, "version": row.version, "subjects": len(subjects)})
 
 
 @handles(ActionKind.DATASET_RETIRE)
@@ -163,9 +173,7 @@ def withdraw_consent(ctx: HandlerContext) -> Outcome:
         raise NotFoundError(f"no consent of subject {p.subject_id!r} for purpose {p.purpose!r}")
     if row.withdrawn_at is None:
         row.withdrawn_at = datetime.now(UTC)
-    return Outcome(
-        {"subject_id": p.subject_id, "purpose": p.purpose, "withdrawn_at": row.withdrawn_at.isoformat()}
-    )
+    return Outcome({"subject_id": p.subject_id, "purpose": p.purpose, "withdrawn_at": row.withdrawn_at.isoformat()})
 
 
 def _model(ctx: HandlerContext, name: str) -> Model:
@@ -201,9 +209,7 @@ def register_model_version(ctx: HandlerContext) -> Outcome:
         run = ctx.session.get(TrainingRun, p.training_run_id)
         if run is None or run.tenant_id != ctx.tenant.id:
             raise NotFoundError(f"no training run {p.training_run_id}")
-    latest = ctx.session.scalar(
-        select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id)
-    )
+    latest = ctx.session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id))
     version = ModelVersion(
         model_id=model.id,
         version=(latest or 0) + 1,
@@ -216,6 +222,9 @@ def register_model_version(ctx: HandlerContext) -> Outcome:
     )
     ctx.session.add(version)
     ctx.session.flush()
+    signer = None
+    if p.signature_bundle is not None:
+        signer = _attach_signature(ctx, version, p.signature_bundle)
     if run is not None:
         ctx.session.add(
             LineageEdge(
@@ -227,7 +236,29 @@ def register_model_version(ctx: HandlerContext) -> Outcome:
                 relation="produced",
             )
         )
-    return Outcome({"model_version_id": version.id, "model": model.name, "version": version.version})
+    return Outcome(
+        {"model_version_id": version.id, "model": model.name, "version": version.version, "signed_by": signer}
+    )
+
+
+def _attach_signature(ctx: HandlerContext, version: ModelVersion, bundle: dict[str, Any]) -> str:
+    """Verify a bundle signed offline against the stored artifact, at registration, and keep it."""
+    from falaj.core import signing
+
+    kid = signing.bundle_key_id(bundle)
+    key = ctx.session.scalar(select(SigningKey).where(SigningKey.tenant_id == ctx.tenant.id, SigningKey.key_id == kid))
+    if key is None:
+        raise ValidationError(f"the bundle is signed by {kid}, which is not a registered signing key of the tenant")
+    if key.revoked_at is not None:
+        raise ValidationError(f"the bundle is signed by revoked key {kid}")
+    problem = ctx.plane.verify_signature(ctx.tenant.slug, version, bundle, key.public_key_pem)
+    if problem:
+        raise ValidationError(f"signature_bundle does not verify against the artifact: {problem}")
+    ctx.session.add(
+        ModelSignature(model_version_id=version.id, key_id=key.key_id, bundle=bundle, signed_by=ctx.principal.label)
+    )
+    version.signer = key.key_id
+    return key.key_id
 
 
 @handles(ActionKind.MODEL_ALIAS_SET)
@@ -239,15 +270,11 @@ def set_model_alias(ctx: HandlerContext) -> Outcome:
     )
     if version is None:
         raise NotFoundError(f"model {p.model!r} has no version {p.version}")
-    alias = ctx.session.scalar(
-        select(ModelAlias).where(ModelAlias.model_id == model.id, ModelAlias.alias == p.alias)
-    )
+    alias = ctx.session.scalar(select(ModelAlias).where(ModelAlias.model_id == model.id, ModelAlias.alias == p.alias))
     previous = None
     if alias is None:
         ctx.session.add(ModelAlias(model_id=model.id, alias=p.alias, model_version_id=version.id))
     else:
         previous = alias.model_version_id
         alias.model_version_id = version.id
-    return Outcome(
-        {"model": model.name, "alias": p.alias, "version": p.version, "previous_version_id": previous}
-    )
+    return Outcome({"model": model.name, "alias": p.alias, "version": p.version, "previous_version_id": previous})

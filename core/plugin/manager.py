@@ -113,9 +113,7 @@ class PluginRegistry:
             key = (spec.kind, spec.name)
             if key in self.backend_owner or key in seen:
                 owner = self.backend_owner.get(key, info.name)
-                raise PluginError(
-                    info.name, f"{spec.kind} backend {spec.name!r} is already registered by {owner!r}"
-                )
+                raise PluginError(info.name, f"{spec.kind} backend {spec.name!r} is already registered by {owner!r}")
             seen.add(key)
         existing_checks = {c.name for c in self.policy_checks}
         for check in staged_checks:

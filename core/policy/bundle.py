@@ -175,17 +175,13 @@ def parse_bundle(files: dict[str, bytes], source: str) -> PolicyBundle:
     manifest = _toml(texts, MANIFEST_FILE)
     known_roles = manifest.get("roles", {}).get("known")
     if not isinstance(known_roles, list) or not all(isinstance(r, str) for r in known_roles):
-        raise PolicyError(
-            MANIFEST_FILE, _line_of(texts[MANIFEST_FILE], "known"), "[roles] known must be a list"
-        )
+        raise PolicyError(MANIFEST_FILE, _line_of(texts[MANIFEST_FILE], "known"), "[roles] known must be a list")
     model_text = texts[MODEL_FILE]
     _check_model(model_text)
     rules = tuple(_parse_rules(texts[POLICY_FILE], frozenset(known_roles)))
 
     regions = _parse_regions(texts[REGIONS_FILE], _toml(texts, REGIONS_FILE))
-    classifications, class_rules, rulesets = _parse_residency(
-        texts[RESIDENCY_FILE], _toml(texts, RESIDENCY_FILE)
-    )
+    classifications, class_rules, rulesets = _parse_residency(texts[RESIDENCY_FILE], _toml(texts, RESIDENCY_FILE))
     purposes, legal_bases = _parse_consent(texts[CONSENT_FILE], _toml(texts, CONSENT_FILE))
     approvals, tenant_approvals = _parse_approvals(
         texts[APPROVALS_FILE], _toml(texts, APPROVALS_FILE), frozenset(known_roles)
@@ -264,15 +260,15 @@ def _parse_rules(text: str, known_roles: frozenset[str]) -> list[RbacRule]:
             )
         _, role, tenant, resource, verb, effect = fields
         if role not in known_roles:
-            raise PolicyError(
-                POLICY_FILE, lineno, f"unknown role {role!r}: add it to bundle.toml [roles] known"
-            )
+            raise PolicyError(POLICY_FILE, lineno, f"unknown role {role!r}: add it to bundle.toml [roles] known")
         if effect not in EFFECTS:
             raise PolicyError(POLICY_FILE, lineno, f"effect must be allow or deny, got {effect!r}")
         if not resource or not verb or not tenant:
             raise PolicyError(POLICY_FILE, lineno, "tenant, resource and verb must not be empty")
-        duplicate = next((r for r in rules if (r.role, r.tenant, r.resource, r.verb) == (role, tenant, resource, verb)),
-                         None)
+        duplicate = next(
+            (r for r in rules if (r.role, r.tenant, r.resource, r.verb) == (role, tenant, resource, verb)),
+            None,
+        )
         if duplicate is not None:
             raise PolicyError(POLICY_FILE, lineno, f"repeats the rule of line {duplicate.line}")
         rules.append(RbacRule(role, tenant, resource, verb, effect, lineno))
@@ -290,22 +286,16 @@ def _parse_regions(text: str, data: dict[str, Any]) -> dict[str, Region]:
             raise PolicyError(REGIONS_FILE, line, f"region {rid!r} must be a table")
         country = entry.get("country")
         if not isinstance(country, str) or not COUNTRY.match(country):
-            raise PolicyError(
-                REGIONS_FILE, line, f"region {rid!r}: country must be an ISO 3166 code like 'AE'"
-            )
+            raise PolicyError(REGIONS_FILE, line, f"region {rid!r}: country must be an ISO 3166 code like 'AE'")
         regions[rid] = Region(rid, str(entry.get("provider", "")), str(entry.get("name", rid)), country)
     return regions
 
 
-def _parse_residency(
-    text: str, data: dict[str, Any]
-) -> tuple[tuple[str, ...], dict[str, str], dict[str, Ruleset]]:
+def _parse_residency(text: str, data: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, str], dict[str, Ruleset]]:
     classes = data.get("classifications", {})
     order = classes.get("order")
     if not isinstance(order, list) or not order or not all(isinstance(c, str) for c in order):
-        raise PolicyError(
-            RESIDENCY_FILE, _line_of(text, "order"), "[classifications] order must list classes"
-        )
+        raise PolicyError(RESIDENCY_FILE, _line_of(text, "order"), "[classifications] order must list classes")
     rules = classes.get("rules", {})
     for name in order:
         if rules.get(name) not in CLASS_RULES:
@@ -316,9 +306,7 @@ def _parse_residency(
             )
     extra = sorted(set(rules) - set(order))
     if extra:
-        raise PolicyError(
-            RESIDENCY_FILE, _line_of(text, f"{extra[0]} ="), f"unknown classification {extra[0]!r}"
-        )
+        raise PolicyError(RESIDENCY_FILE, _line_of(text, f"{extra[0]} ="), f"unknown classification {extra[0]!r}")
     rulesets: dict[str, Ruleset] = {}
     for name, entry in data.get("rulesets", {}).items():
         line = _line_of(text, f"[rulesets.{name}]")
@@ -326,17 +314,11 @@ def _parse_residency(
         countries = entry.get("adequate_countries", [])
         unknown = [b for b in bases if b not in ("adequacy", "contract", "express-consent")]
         if unknown:
-            raise PolicyError(
-                RESIDENCY_FILE, line, f"ruleset {name!r}: unknown transfer basis {unknown[0]!r}"
-            )
+            raise PolicyError(RESIDENCY_FILE, line, f"ruleset {name!r}: unknown transfer basis {unknown[0]!r}")
         bad = [c for c in countries if not isinstance(c, str) or not COUNTRY.match(c)]
         if bad:
-            raise PolicyError(
-                RESIDENCY_FILE, line, f"ruleset {name!r}: {bad[0]!r} is not an ISO 3166 country code"
-            )
-        rulesets[name] = Ruleset(
-            name, str(entry.get("description", "")), frozenset(bases), frozenset(countries)
-        )
+            raise PolicyError(RESIDENCY_FILE, line, f"ruleset {name!r}: {bad[0]!r} is not an ISO 3166 country code")
+        rulesets[name] = Ruleset(name, str(entry.get("description", "")), frozenset(bases), frozenset(countries))
     if not rulesets:
         raise PolicyError(RESIDENCY_FILE, None, "needs at least one [rulesets.<name>] table")
     return tuple(order), dict(rules), rulesets
@@ -379,29 +361,20 @@ def _approval_rule(env: str, entry: Any, text: str, known_roles: frozenset[str])
 def _parse_approvals(
     text: str, data: dict[str, Any], known_roles: frozenset[str]
 ) -> tuple[dict[str, ApprovalRule], dict[str, dict[str, ApprovalRule]]]:
-    envs = {
-        env: _approval_rule(env, entry, text, known_roles)
-        for env, entry in data.get("environments", {}).items()
-    }
+    envs = {env: _approval_rule(env, entry, text, known_roles) for env, entry in data.get("environments", {}).items()}
     if not envs:
         raise PolicyError(APPROVALS_FILE, None, "needs at least one [environments.<name>] table")
     tenants = {
-        tenant: {
-            env: _approval_rule(env, e, text, known_roles) for env, e in entry.get("environments", {}).items()
-        }
+        tenant: {env: _approval_rule(env, e, text, known_roles) for env, e in entry.get("environments", {}).items()}
         for tenant, entry in data.get("tenants", {}).items()
     }
     return envs, tenants
 
 
-def _signer_policy(
-    entry: dict[str, Any], default: SignerPolicy | None, text: str, where: str
-) -> SignerPolicy:
+def _signer_policy(entry: dict[str, Any], default: SignerPolicy | None, text: str, where: str) -> SignerPolicy:
     trust = entry.get("trust", default.trust if default else "registered")
     if trust not in ("registered", "listed"):
-        raise PolicyError(
-            SIGNERS_FILE, _line_of(text, "trust"), f"{where}: trust must be 'registered' or 'listed'"
-        )
+        raise PolicyError(SIGNERS_FILE, _line_of(text, "trust"), f"{where}: trust must be 'registered' or 'listed'")
     require = entry.get("require_signature", default.require_signature if default else True)
     if not isinstance(require, bool):
         raise PolicyError(
@@ -409,15 +382,11 @@ def _signer_policy(
         )
     keys = entry.get("keys", [])
     if trust == "listed" and not keys:
-        raise PolicyError(
-            SIGNERS_FILE, _line_of(text, where), f"{where}: trust = 'listed' needs keys = [...]"
-        )
+        raise PolicyError(SIGNERS_FILE, _line_of(text, where), f"{where}: trust = 'listed' needs keys = [...]")
     return SignerPolicy(trust, require, frozenset(keys))
 
 
 def _parse_signers(text: str, data: dict[str, Any]) -> tuple[SignerPolicy, dict[str, SignerPolicy]]:
     default = _signer_policy(data.get("default", {}), None, text, "[default]")
-    tenants = {
-        t: _signer_policy(e, default, text, f"[tenants.{t}]") for t, e in data.get("tenants", {}).items()
-    }
+    tenants = {t: _signer_policy(e, default, text, f"[tenants.{t}]") for t, e in data.get("tenants", {}).items()}
     return default, tenants

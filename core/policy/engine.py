@@ -32,9 +32,7 @@ RESIDENCY_KINDS = frozenset(
 #: Action kinds that read personal data for a purpose.
 CONSENT_KINDS = frozenset({"training.submit", "feature.retrieve", "feature_view.materialize"})
 #: Action kinds that need the model versions they name to be signed by a trusted, unrevoked key.
-SIGNATURE_KINDS = frozenset(
-    {"deployment.request", "deployment.rollout", "deployment.promote", "approval.vote"}
-)
+SIGNATURE_KINDS = frozenset({"deployment.request", "deployment.rollout", "deployment.promote", "approval.vote"})
 
 
 @dataclass(frozen=True)
@@ -149,9 +147,7 @@ class PolicyEngine:
             )
         where = f"{region.id} ({region.country})"
         if data is None:
-            return CheckResult.passed(
-                "residency", f"no personal data involved; backend in {where}", "regions.toml"
-            )
+            return CheckResult.passed("residency", f"no personal data involved; backend in {where}", "regions.toml")
         rule = bundle.class_rules[data.classification]
         ruleset = bundle.rulesets[facts.ruleset]
         sources = ", ".join(data.sources) or "its inputs"
@@ -208,9 +204,7 @@ class PolicyEngine:
                     "consent", f"unknown legal basis {unknown[0]!r}", "consent.toml [legal_bases]"
                 )
         if not consent.subjects:
-            return CheckResult.passed(
-                "consent", "no source rests on consent for this purpose", "consent.toml"
-            )
+            return CheckResult.passed("consent", "no source rests on consent for this purpose", "consent.toml")
         total = sum(consent.subjects.values())
         allowed = sum(consent.consented.get(name, 0) for name in consent.subjects)
         if allowed == 0:
@@ -232,9 +226,7 @@ class PolicyEngine:
         policy = self.bundle.signer_policy(facts.tenant)
         assert facts.signatures is not None
         for version in facts.signatures:
-            good = [
-                k for k, valid, trusted, revoked in version.signatures if valid and trusted and not revoked
-            ]
+            good = [k for k, valid, trusted, revoked in version.signatures if valid and trusted and not revoked]
             if good:
                 continue
             if not policy.require_signature:
@@ -248,19 +240,12 @@ class PolicyEngine:
             reasons = []
             for key, valid, trusted, revoked in version.signatures:
                 why = (
-                    "invalid"
-                    if not valid
-                    else "revoked"
-                    if revoked
-                    else "not a trusted signer"
-                    if not trusted
-                    else ""
+                    "invalid" if not valid else "revoked" if revoked else "not a trusted signer" if not trusted else ""
                 )
                 reasons.append(f"{key}: {why}")
             return CheckResult.failed(
                 "signature",
-                f"{version.model_version} has no valid signature by a trusted, unrevoked key "
-                f"({'; '.join(reasons)})",
+                f"{version.model_version} has no valid signature by a trusted, unrevoked key ({'; '.join(reasons)})",
                 f"signers.toml: trust = {policy.trust}",
             )
         names = ", ".join(v.model_version for v in facts.signatures)
@@ -314,9 +299,7 @@ class PolicyEngine:
             return CheckResult.failed("approval", f"the request is already {a.status}", where)
         if a.expires_at is not None and a.now is not None and a.now >= a.expires_at:
             return CheckResult.failed("approval", f"the request expired at {a.expires_at.isoformat()}", where)
-        return CheckResult.passed(
-            "approval", "vote accepted: not the requester, first vote, request open", where
-        )
+        return CheckResult.passed("approval", "vote accepted: not the requester, first vote, request open", where)
 
 
 def strictest(bundle: PolicyBundle, classifications: Iterable[str]) -> str:

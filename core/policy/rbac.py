@@ -53,9 +53,7 @@ class Authorizer:
     def check(self, roles: Iterable[str], tenant: str, resource: str, verb: str) -> CheckResult:
         roles = sorted(roles)
         if not roles:
-            return CheckResult.failed(
-                "rbac", f"the principal has no role in tenant {tenant!r}", "deny-by-default"
-            )
+            return CheckResult.failed("rbac", f"the principal has no role in tenant {tenant!r}", "deny-by-default")
         unknown = [r for r in roles if r not in self.bundle.known_roles]
         allowing: list[tuple[str, RoleDecision]] = []
         for role in roles:

@@ -22,11 +22,29 @@ from typing import Any
 from falaj.core.actions import ActionKind, parse_kind
 from falaj.core.decision import CheckOutcome, Decision
 from falaj.core.policy.bundle import PolicyBundle, PolicyError
-from falaj.core.policy.engine import ApprovalFacts, ConsentFacts, DataProfile, Facts, PolicyEngine, SignatureFacts
+from falaj.core.policy.engine import (
+    ApprovalFacts,
+    ConsentFacts,
+    DataProfile,
+    Facts,
+    PolicyEngine,
+    SignatureFacts,
+)
 
 CASE_KEYS = {
-    "name", "kind", "tenant", "ruleset", "roles", "target_region", "data", "transfer_bases", "exceptions",
-    "consent", "signatures", "approval", "expect",
+    "name",
+    "kind",
+    "tenant",
+    "ruleset",
+    "roles",
+    "target_region",
+    "data",
+    "transfer_bases",
+    "exceptions",
+    "consent",
+    "signatures",
+    "approval",
+    "expect",
 }
 
 
@@ -45,8 +63,12 @@ def _facts(case: dict[str, Any], where: str) -> Facts:
     data = None
     if "data" in case:
         d = case["data"]
-        data = DataProfile(d["classification"], frozenset(d.get("residencies", ["AE"])), tuple(d.get("sources", ())),
-                           frozenset(d.get("legal_bases", ())))
+        data = DataProfile(
+            d["classification"],
+            frozenset(d.get("residencies", ["AE"])),
+            tuple(d.get("sources", ())),
+            frozenset(d.get("legal_bases", ())),
+        )
     consent = None
     if "consent" in case:
         c = case["consent"]
@@ -54,9 +76,13 @@ def _facts(case: dict[str, Any], where: str) -> Facts:
     signatures = None
     if "signatures" in case:
         signatures = tuple(
-            SignatureFacts(s["model_version"], tuple(
-                (k["key"], k.get("valid", True), k.get("trusted", True), k.get("revoked", False))
-                for k in s.get("keys", [])))
+            SignatureFacts(
+                s["model_version"],
+                tuple(
+                    (k["key"], k.get("valid", True), k.get("trusted", True), k.get("revoked", False))
+                    for k in s.get("keys", [])
+                ),
+            )
             for s in case["signatures"]
         )
     approval = None
@@ -64,16 +90,27 @@ def _facts(case: dict[str, Any], where: str) -> Facts:
         a = case["approval"]
         now = datetime(2026, 1, 1, tzinfo=UTC)
         approval = ApprovalFacts(
-            environment=a["environment"], request_id=a.get("request_id", "r1" if "status" in a else None),
-            status=a.get("status"), requester=a.get("requester"), voter=a.get("voter"),
-            voter_roles=frozenset(a.get("voter_roles", [])), already_voted=a.get("already_voted", False),
-            expires_at=now - timedelta(hours=1) if a.get("expired") else now + timedelta(hours=1), now=now,
+            environment=a["environment"],
+            request_id=a.get("request_id", "r1" if "status" in a else None),
+            status=a.get("status"),
+            requester=a.get("requester"),
+            voter=a.get("voter"),
+            voter_roles=frozenset(a.get("voter_roles", [])),
+            already_voted=a.get("already_voted", False),
+            expires_at=now - timedelta(hours=1) if a.get("expired") else now + timedelta(hours=1),
+            now=now,
         )
     return Facts(
-        kind=case["kind"], tenant=case.get("tenant", "acme"), ruleset=case.get("ruleset", "uae-federal"),
-        roles=frozenset(case.get("roles", [])), target_region=case.get("target_region"), data=data,
+        kind=case["kind"],
+        tenant=case.get("tenant", "acme"),
+        ruleset=case.get("ruleset", "uae-federal"),
+        roles=frozenset(case.get("roles", [])),
+        target_region=case.get("target_region"),
+        data=data,
         transfer_bases=frozenset((c, b) for c, b in case.get("transfer_bases", [])),
-        exceptions=frozenset(case.get("exceptions", [])), consent=consent, signatures=signatures,
+        exceptions=frozenset(case.get("exceptions", [])),
+        consent=consent,
+        signatures=signatures,
         approval=approval,
     )
 

@@ -137,9 +137,7 @@ def upgrade() -> None:
         sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name=op.f("fk_approval_requests_tenant_id_tenants")
-        ),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=op.f("fk_approval_requests_tenant_id_tenants")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_approval_requests")),
     )
     with op.batch_alter_table("approval_requests", schema=None) as batch_op:
@@ -189,9 +187,7 @@ def upgrade() -> None:
         sa.Column("evidence", sa.JSON(), nullable=False),
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name=op.f("fk_consent_records_tenant_id_tenants")
-        ),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=op.f("fk_consent_records_tenant_id_tenants")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_consent_records")),
         sa.UniqueConstraint(
             "tenant_id", "subject_id", "purpose", name=op.f("uq_consent_records_tenant_id_subject_id_purpose")
@@ -211,9 +207,7 @@ def upgrade() -> None:
         sa.Column("details", sa.JSON(), nullable=False),
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name=op.f("fk_cost_records_tenant_id_tenants")
-        ),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=op.f("fk_cost_records_tenant_id_tenants")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_cost_records")),
     )
     with op.batch_alter_table("cost_records", schema=None) as batch_op:
@@ -229,9 +223,7 @@ def upgrade() -> None:
         sa.Column("verification", sa.JSON(), nullable=False),
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name=op.f("fk_erasure_requests_tenant_id_tenants")
-        ),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=op.f("fk_erasure_requests_tenant_id_tenants")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_erasure_requests")),
     )
     with op.batch_alter_table("erasure_requests", schema=None) as batch_op:
@@ -247,9 +239,7 @@ def upgrade() -> None:
         sa.Column("relation", sa.String(length=32), nullable=False),
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name=op.f("fk_lineage_edges_tenant_id_tenants")
-        ),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=op.f("fk_lineage_edges_tenant_id_tenants")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_lineage_edges")),
         sa.UniqueConstraint(
             "source_type",
@@ -304,9 +294,7 @@ def upgrade() -> None:
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name=op.f("fk_signing_keys_tenant_id_tenants")
-        ),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=op.f("fk_signing_keys_tenant_id_tenants")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_signing_keys")),
         sa.UniqueConstraint("tenant_id", "key_id", name=op.f("uq_signing_keys_tenant_id_key_id")),
     )
@@ -347,9 +335,7 @@ def upgrade() -> None:
             name=op.f("fk_approval_votes_request_id_approval_requests"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_approval_votes")),
-        sa.UniqueConstraint(
-            "request_id", "approver_id", name=op.f("uq_approval_votes_request_id_approver_id")
-        ),
+        sa.UniqueConstraint("request_id", "approver_id", name=op.f("uq_approval_votes_request_id_approver_id")),
     )
     with op.batch_alter_table("approval_votes", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_approval_votes_request_id"), ["request_id"], unique=False)
@@ -415,9 +401,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["principal_id"], ["principals.id"], name=op.f("fk_role_assignments_principal_id_principals")
         ),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name=op.f("fk_role_assignments_tenant_id_tenants")
-        ),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=op.f("fk_role_assignments_tenant_id_tenants")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_role_assignments")),
         sa.UniqueConstraint(
             "tenant_id", "principal_id", "role", name=op.f("uq_role_assignments_tenant_id_principal_id_role")
@@ -442,12 +426,8 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["backend_id"], ["backends.id"], name=op.f("fk_training_runs_backend_id_backends")
-        ),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name=op.f("fk_training_runs_tenant_id_tenants")
-        ),
+        sa.ForeignKeyConstraint(["backend_id"], ["backends.id"], name=op.f("fk_training_runs_backend_id_backends")),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=op.f("fk_training_runs_tenant_id_tenants")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_training_runs")),
     )
     with op.batch_alter_table("training_runs", schema=None) as batch_op:
@@ -464,9 +444,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["deployment_id"], ["deployments.id"], name=op.f("fk_drift_reports_deployment_id_deployments")
         ),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name=op.f("fk_drift_reports_tenant_id_tenants")
-        ),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=op.f("fk_drift_reports_tenant_id_tenants")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_drift_reports")),
     )
     with op.batch_alter_table("drift_reports", schema=None) as batch_op:
@@ -489,13 +467,9 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["source_dataset_id"], ["datasets.id"], name=op.f("fk_feature_views_source_dataset_id_datasets")
         ),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name=op.f("fk_feature_views_tenant_id_tenants")
-        ),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=op.f("fk_feature_views_tenant_id_tenants")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_feature_views")),
-        sa.UniqueConstraint(
-            "tenant_id", "name", "version", name=op.f("uq_feature_views_tenant_id_name_version")
-        ),
+        sa.UniqueConstraint("tenant_id", "name", "version", name=op.f("uq_feature_views_tenant_id_name_version")),
     )
     with op.batch_alter_table("feature_views", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_feature_views_tenant_id"), ["tenant_id"], unique=False)

@@ -51,9 +51,7 @@ class MemoryStore(ArtifactStore):
         self.blobs.pop((tenant, digest), None)
 
     def list(self, *, tenant: str) -> Iterable[ArtifactInfo]:
-        return [
-            ArtifactInfo(d, len(b), f"memory://{t}/{d}") for (t, d), b in self.blobs.items() if t == tenant
-        ]
+        return [ArtifactInfo(d, len(b), f"memory://{t}/{d}") for (t, d), b in self.blobs.items() if t == tenant]
 
 
 def no_test_names_in_production(ctx: CheckContext) -> CheckResult:
@@ -80,9 +78,7 @@ def falaj_storage_backends() -> Iterable[StorageBackendSpec]:
 
 @hookimpl
 def falaj_policy_checks() -> Iterable[PolicyCheckSpec]:
-    yield PolicyCheckSpec(
-        name="example-naming", check=no_test_names_in_production, kinds=frozenset({"model.register"})
-    )
+    yield PolicyCheckSpec(name="example-naming", check=no_test_names_in_production, kinds=frozenset({"model.register"}))
 
 
 @hookimpl

@@ -1,0 +1,414 @@
+"""Training submissions, signing, exports, deployments and their approvals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from falaj.core.actions import (
+    Action,
+    ActionKind,
+    ApprovalVotePayload,
+    ArtifactSign,
+    DeploymentRef,
+    DeploymentRequest,
+    ModelVersionExport,
+    PrincipalRef,
+    SigningKeyCreate,
+    TrainingSubmit,
+)
+from falaj.core.artifacts import materialize
+from falaj.core.datasets import write_view
+from falaj.core.domain import (
+    ApprovalRequest,
+    ApprovalVote,
+    Backend,
+    Deployment,
+    LineageEdge,
+    ModelSignature,
+    SigningKey,
+    TrainingRun,
+)
+from falaj.core.errors import BackendError, ConflictError, NotFoundError, ValidationError
+from falaj.core.handlers.base import HandlerContext, Outcome, handles, typed
+from falaj.core.keys import master_key
+from falaj.core.policy.facts import consented_subjects, latest_dataset, model_version
+
+_AFTER_COMMIT = "falaj.after_commit"
+
+
+def _after_commit(ctx: HandlerContext, callback: Any) -> None:
+    ctx.session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+# -- training -----------------------------------------------------------------------------------------------
+@handles(ActionKind.TRAINING_SUBMIT)
+def submit_training(ctx: HandlerContext) -> Outcome:
+    """Start a training run on a compute backend with only the data the decision allowed."""
+    p: TrainingSubmit = typed(ctx, TrainingSubmit)
+    backend = ctx.backend(p.backend, "compute")
+    compute = ctx.plane.backend_instance(ctx.tenant.slug, backend)
+    run = TrainingRun(
+        tenant_id=ctx.tenant.id,
+        name=p.name,
+        backend_id=backend.id,
+        requested_by=ctx.principal.id,
+        spec=p.spec,
+        inputs=list(p.inputs),
+        status="queued",
+    )
+    ctx.session.add(run)
+    ctx.session.flush()
+    now = datetime.now(UTC)
+    modes = ctx.plane.bundle.legal_bases
+    inputs = []
+    for name in p.inputs:
+        ds = latest_dataset(ctx.session, ctx.tenant.id, name)
+        assert ds is not None  # the decision already checked every input exists
+        entry: dict[str, Any] = {
+            "dataset": ds.name,
+            "version": ds.version,
+            "classification": ds.classification,
+        }
+        if modes.get(ds.legal_basis or "") == "filter" and ds.uri and ds.subject_column:
+            # The backend gets a view holding only subjects whose consent for the purpose is valid now.
+            allowed = consented_subjects(ctx.session, ctx.tenant.id, ds.id, p.purpose, now)
+            view = ctx.plane.settings.home / "views" / ctx.tenant.slug / run.id / f"{ds.name}-v{ds.version}.csv"
+            path, kept, dropped = write_view(ds.uri, ds.subject_column, allowed, view)
+            entry.update(uri=path.as_uri(), rows=kept, excluded_rows=dropped, consent_filtered=True)
+        else:
+            entry.update(uri=ds.uri, consent_filtered=False)
+        inputs.append(entry)
+        ctx.session.add(
+            LineageEdge(
+                tenant_id=ctx.tenant.id,
+                source_type="dataset",
+                source_id=ds.id,
+                target_type="training_run",
+                target_id=run.id,
+                relation="trained_on",
+            )
+        )
+    job = {
+        "run_id": run.id,
+        "tenant": ctx.tenant.slug,
+        "name": p.name,
+        "purpose": p.purpose,
+        "spec": p.spec,
+        "inputs": inputs,
+    }
+    try:
+        handle = compute.submit(job)
+    except Exception as exc:
+        shutil.rmtree(ctx.plane.settings.home / "views" / ctx.tenant.slug / run.id, ignore_errors=True)
+        raise BackendError(f"compute backend {p.backend!r} refused the job: {exc}") from exc
+    if not isinstance(handle, str) or not handle:
+        raise BackendError(f"compute backend {p.backend!r} returned {handle!r} instead of a job handle")
+    run.status = "submitted"
+    run.spec = {**p.spec, "handle": handle}
+    excluded = sum(i.get("excluded_rows", 0) for i in inputs)
+    return Outcome({"run_id": run.id, "handle": handle, "inputs": inputs, "excluded_rows": excluded})
+
+
+# -- signing keys, signatures, exports ------------------------------------------------------------------------
+@handles(ActionKind.SIGNING_KEY_CREATE)
+def create_signing_key(ctx: HandlerContext) -> Outcome:
+    from falaj.core import signing
+
+    p: SigningKeyCreate = typed(ctx, SigningKeyCreate)
+    private, public = signing.generate_key(master_key(ctx.plane.settings))
+    kid = signing.key_id(public)
+    ctx.session.add(
+        SigningKey(
+            tenant_id=ctx.tenant.id,
+            key_id=kid,
+            owner=p.owner,
+            public_key_pem=public.decode(),
+            private_key_pem=private.decode(),
+        )
+    )
+    return Outcome({"key_id": kid, "owner": p.owner, "public_key_pem": public.decode()})
+
+
+@handles(ActionKind.ARTIFACT_SIGN)
+def sign_artifact(ctx: HandlerContext) -> Outcome:
+    from falaj.core import signing
+
+    p: ArtifactSign = typed(ctx, ArtifactSign)
+    mv = model_version(ctx.session, ctx.tenant.id, p.model, p.version)
+    if mv is None:
+        raise NotFoundError(f"model {p.model!r} has no version {p.version}")
+    key = ctx.session.scalar(
+        select(SigningKey).where(SigningKey.tenant_id == ctx.tenant.id, SigningKey.key_id == p.key_id)
+    )
+    if key is None:
+        raise NotFoundError(f"no signing key {p.key_id!r} in tenant {ctx.tenant.slug!r}")
+    if key.revoked_at is not None:
+        raise ValidationError(f"signing key {p.key_id} is revoked")
+    if key.private_key_pem is None:
+        raise ValidationError(
+            f"Falaj does not hold the private half of {p.key_id}: sign offline and register "
+            "the version with its signature_bundle"
+        )
+    backend = ctx.session.get(Backend, mv.storage_backend_id)
+    assert backend is not None
+    store = ctx.plane.backend_instance(ctx.tenant.slug, backend)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = materialize(store, ctx.tenant.slug, mv.artifact_digest, Path(tmp) / "model")
+        bundle = signing.sign_folder(folder, key.private_key_pem.encode(), master_key(ctx.plane.settings))
+    problem = ctx.plane.verify_signature(ctx.tenant.slug, mv, bundle, key.public_key_pem)
+    if problem:
+        raise BackendError(f"the new signature does not verify: {problem}")
+    existing = ctx.session.scalar(
+        select(ModelSignature).where(ModelSignature.model_version_id == mv.id, ModelSignature.key_id == key.key_id)
+    )
+    if existing is not None:
+        existing.bundle = bundle
+    else:
+        ctx.session.add(
+            ModelSignature(model_version_id=mv.id, key_id=key.key_id, bundle=bundle, signed_by=ctx.principal.label)
+        )
+    mv.signature_bundle, mv.signer = bundle, key.key_id
+    return Outcome({"model": p.model, "version": p.version, "key_id": key.key_id, "signer": key.owner})
+
+
+@handles(ActionKind.MODEL_VERSION_EXPORT)
+def export_model_version(ctx: HandlerContext) -> Outcome:
+    """Write the artifact, its signature bundles and the signers' public keys for `model_signing verify`."""
+    p: ModelVersionExport = typed(ctx, ModelVersionExport)
+    mv = model_version(ctx.session, ctx.tenant.id, p.model, p.version)
+    if mv is None:
+        raise NotFoundError(f"model {p.model!r} has no version {p.version}")
+    out = Path(p.destination).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise ConflictError(f"{out} is not empty: choose a new folder")
+    backend = ctx.session.get(Backend, mv.storage_backend_id)
+    assert backend is not None
+    store = ctx.plane.backend_instance(ctx.tenant.slug, backend)
+    materialize(store, ctx.tenant.slug, mv.artifact_digest, out / "model")
+    signatures = []
+    for sig in ctx.session.scalars(select(ModelSignature).where(ModelSignature.model_version_id == mv.id)):
+        key = ctx.session.scalar(
+            select(SigningKey).where(SigningKey.tenant_id == ctx.tenant.id, SigningKey.key_id == sig.key_id)
+        )
+        stem = sig.key_id.replace(":", "-")[:22]
+        (out / f"{stem}.sig").write_text(json.dumps(sig.bundle), "utf-8")
+        if key is not None:
+            (out / f"{stem}.pub").write_text(key.public_key_pem, "utf-8")
+        signatures.append(
+            {
+                "key_id": sig.key_id,
+                "bundle": f"{stem}.sig",
+                "public_key": f"{stem}.pub",
+                "revoked": key is not None and key.revoked_at is not None,
+            }
+        )
+    commands = [
+        f"model_signing verify key model --signature {s['bundle']} --public_key {s['public_key']}" for s in signatures
+    ]
+    (out / "VERIFY.txt").write_text("Run from this folder:\n" + "\n".join(commands) + "\n", "utf-8")
+    return Outcome({"destination": str(out.resolve()), "signatures": signatures, "verify": commands})
+
+
+# -- deployments and approvals ---------------------------------------------------------------------------------
+def _versions(ctx: HandlerContext, traffic: list[Any]) -> list[dict[str, Any]]:
+    if sum(v.weight for v in traffic if not v.shadow) != 100:
+        raise ValidationError("the weights of the non-shadow variants must add up to 100")
+    return [{"model": v.model, "version": v.version, "weight": v.weight, "shadow": v.shadow} for v in traffic]
+
+
+def _new_deployment(ctx: HandlerContext, status: str) -> Deployment:
+    p: DeploymentRequest = typed(ctx, DeploymentRequest)
+    exists = ctx.session.scalar(
+        select(Deployment.id).where(Deployment.tenant_id == ctx.tenant.id, Deployment.name == p.name)
+    )
+    if exists is not None:
+        raise ConflictError(f"deployment {p.name!r} already exists")
+    runtime = ctx.backend(p.runtime_backend, "serving")
+    row = Deployment(
+        tenant_id=ctx.tenant.id,
+        name=p.name,
+        environment=p.environment,
+        runtime_backend_id=runtime.id,
+        traffic=_versions(ctx, p.traffic),
+        status=status,
+        requested_by=ctx.principal.id,
+        human_review_contact=p.human_review_contact,
+    )
+    ctx.session.add(row)
+    ctx.session.flush()
+    return row
+
+
+def _rollout_later(ctx: HandlerContext, deployment: str, requester: str) -> None:
+    """Once committed, run the rollout through execute again: every policy is checked at that moment."""
+    plane, tenant = ctx.plane, ctx.tenant.slug
+
+    def rollout() -> None:
+        plane.execute(
+            Action(
+                ActionKind.DEPLOYMENT_ROLLOUT.value,
+                tenant,
+                PrincipalRef(requester),
+                {"name": deployment},
+                {"source": "approval-quorum"},
+            )
+        )
+
+    _after_commit(ctx, rollout)
+
+
+@handles(ActionKind.DEPLOYMENT_REQUEST, pending=True)
+def request_deployment_pending(ctx: HandlerContext) -> Outcome:
+    p: DeploymentRequest = typed(ctx, DeploymentRequest)
+    deployment = _new_deployment(ctx, "pending-approval")
+    rule = ctx.plane.bundle.approval_rule(ctx.tenant.slug, p.environment)
+    assert rule is not None
+    request = ApprovalRequest(
+        tenant_id=ctx.tenant.id,
+        action_kind=ActionKind.DEPLOYMENT_ROLLOUT.value,
+        action_payload={"name": p.name},
+        resource=f"deployment/{p.name}",
+        environment=p.environment,
+        deployment_id=deployment.id,
+        requester_id=ctx.principal.id,
+        quorum=rule.quorum,
+        approver_role=rule.approver_role,
+        rejections_to_end=rule.rejections_to_end,
+        expires_at=datetime.now(UTC) + timedelta(hours=rule.expires_hours),
+    )
+    ctx.session.add(request)
+    ctx.session.flush()
+    return Outcome(
+        {
+            "deployment": p.name,
+            "status": "pending-approval",
+            "approval_request_id": request.id,
+            "quorum": rule.quorum,
+            "expires_at": request.expires_at.isoformat(),
+        }
+    )
+
+
+@handles(ActionKind.DEPLOYMENT_REQUEST)
+def request_deployment(ctx: HandlerContext) -> Outcome:
+    """An environment that needs no approval: the deployment rolls out right after this commits."""
+    p: DeploymentRequest = typed(ctx, DeploymentRequest)
+    _new_deployment(ctx, "approved")
+    _rollout_later(ctx, p.name, ctx.principal.id)
+    return Outcome({"deployment": p.name, "status": "approved"})
+
+
+@handles(ActionKind.APPROVAL_VOTE)
+def vote(ctx: HandlerContext) -> Outcome:
+    p: ApprovalVotePayload = typed(ctx, ApprovalVotePayload)
+    # Lock the request: two approvers voting at the same instant serialise here and exactly one of them
+    # sees the quorum reached (the unique (request, approver) constraint backs "one vote each").
+    request = ctx.session.scalar(select(ApprovalRequest).where(ApprovalRequest.id == p.request_id).with_for_update())
+    if request is None or request.tenant_id != ctx.tenant.id:
+        raise NotFoundError(f"no approval request {p.request_id}")
+    if request.status != "pending":
+        raise ConflictError(f"the request is already {request.status}")
+    ctx.session.add(ApprovalVote(request_id=request.id, approver_id=ctx.principal.id, vote=p.vote, comment=p.comment))
+    ctx.session.flush()
+    counts = dict(
+        ctx.session.execute(
+            select(ApprovalVote.vote, func.count())
+            .where(ApprovalVote.request_id == request.id)
+            .group_by(ApprovalVote.vote)
+        ).all()
+    )
+    approvals, rejections = counts.get("approve", 0), counts.get("reject", 0)
+    transition = None
+    deployment = ctx.session.get(Deployment, request.deployment_id) if request.deployment_id else None
+    if rejections >= request.rejections_to_end:
+        transition = "rejected"
+    elif approvals >= request.quorum:
+        transition = "approved"
+    if transition is not None:
+        request.status = transition
+        request.decided_at = datetime.now(UTC)
+        if deployment is not None:
+            deployment.status = transition
+            if transition == "approved":
+                _rollout_later(ctx, deployment.name, request.requester_id)
+    return Outcome(
+        {
+            "request_id": request.id,
+            "vote": p.vote,
+            "approvals": approvals,
+            "rejections": rejections,
+            "quorum": request.quorum,
+            "status": request.status,
+            "transition": transition,
+        }
+    )
+
+
+def _deployment_row(ctx: HandlerContext, name: str) -> Deployment:
+    row = ctx.session.scalar(select(Deployment).where(Deployment.tenant_id == ctx.tenant.id, Deployment.name == name))
+    if row is None:
+        raise NotFoundError(f"no deployment {name!r} in tenant {ctx.tenant.slug!r}")
+    return row
+
+
+def _serving_spec(ctx: HandlerContext, deployment: Deployment) -> dict[str, Any]:
+    variants = []
+    for v in deployment.traffic:
+        mv = model_version(ctx.session, ctx.tenant.id, v["model"], v["version"])
+        if mv is None:
+            raise NotFoundError(f"model {v['model']!r} has no version {v['version']}")
+        signatures = [
+            {"key_id": s.key_id, "bundle": s.bundle}
+            for s in ctx.session.scalars(select(ModelSignature).where(ModelSignature.model_version_id == mv.id))
+        ]
+        variants.append(
+            {
+                **v,
+                "artifact_digest": mv.artifact_digest,
+                "storage_backend_id": mv.storage_backend_id,
+                "signatures": signatures,
+            }
+        )
+    return {
+        "name": deployment.name,
+        "tenant": ctx.tenant.slug,
+        "environment": deployment.environment,
+        "variants": variants,
+        "human_review_contact": deployment.human_review_contact,
+    }
+
+
+@handles(ActionKind.DEPLOYMENT_ROLLOUT)
+def rollout(ctx: HandlerContext) -> Outcome:
+    p: DeploymentRef = typed(ctx, DeploymentRef)
+    deployment = _deployment_row(ctx, p.name)
+    if deployment.status == "live":
+        raise ConflictError(f"deployment {p.name!r} is already live")
+    runtime_row = ctx.session.get(Backend, deployment.runtime_backend_id)
+    assert runtime_row is not None
+    runtime = ctx.plane.backend_instance(ctx.tenant.slug, runtime_row)
+    endpoint = runtime.deploy(_serving_spec(ctx, deployment))
+    if not isinstance(endpoint, str) or not endpoint:
+        raise BackendError(f"serving runtime {runtime_row.name!r} returned {endpoint!r} instead of an endpoint")
+    deployment.status = "live"
+    deployment.endpoint = endpoint
+    return Outcome({"deployment": p.name, "status": "live", "endpoint": endpoint, "region": runtime_row.region})
+
+
+@handles(ActionKind.DEPLOYMENT_RETIRE)
+def retire(ctx: HandlerContext) -> Outcome:
+    p: DeploymentRef = typed(ctx, DeploymentRef)
+    deployment = _deployment_row(ctx, p.name)
+    if deployment.status == "live":
+        runtime_row = ctx.session.get(Backend, deployment.runtime_backend_id)
+        assert runtime_row is not None
+        ctx.plane.backend_instance(ctx.tenant.slug, runtime_row).undeploy(deployment.name)
+    deployment.status = "retired"
+    return Outcome({"deployment": p.name, "status": "retired"})

@@ -1,0 +1,255 @@
+"""Data-subject rights and cross-border records: transfer bases, exceptions, objections, erasure."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, select
+
+from falaj.core.actions import (
+    ActionKind,
+    ErasureExecute,
+    ErasureRequestPayload,
+    InferencePolicySet,
+    ObjectionRecord,
+    ResidencyExceptionRecord,
+    TransferBasisRecord,
+)
+from falaj.core.datasets import erase_subject, local_path
+from falaj.core.domain import (
+    Backend,
+    ConsentRecord,
+    Dataset,
+    DatasetSubject,
+    Deployment,
+    ErasureRequest,
+    LineageEdge,
+    ModelVersion,
+    Objection,
+    ResidencyException,
+    TransferBasis,
+)
+from falaj.core.errors import BackendError, ConflictError, NotFoundError, ValidationError
+from falaj.core.handlers.base import HandlerContext, Outcome, handles, typed
+from falaj.core.policy.facts import latest_dataset
+
+
+def _dataset(ctx: HandlerContext, name: str) -> Dataset:
+    ds = latest_dataset(ctx.session, ctx.tenant.id, name)
+    if ds is None:
+        raise NotFoundError(f"no active dataset {name!r} in tenant {ctx.tenant.slug!r}")
+    return ds
+
+
+def _deployment(ctx: HandlerContext, name: str) -> Deployment:
+    row = ctx.session.scalar(select(Deployment).where(Deployment.tenant_id == ctx.tenant.id, Deployment.name == name))
+    if row is None:
+        raise NotFoundError(f"no deployment {name!r} in tenant {ctx.tenant.slug!r}")
+    return row
+
+
+@handles(ActionKind.TRANSFER_BASIS_RECORD)
+def record_transfer_basis(ctx: HandlerContext) -> Outcome:
+    p: TransferBasisRecord = typed(ctx, TransferBasisRecord)
+    ruleset = ctx.plane.bundle.rulesets[ctx.tenant.ruleset]
+    if p.basis not in ruleset.bases:
+        raise ValidationError(f"basis {p.basis!r} is not accepted under rule set {ruleset.name}")
+    if p.basis == "adequacy" and p.destination_country not in ruleset.adequate_countries:
+        raise ValidationError(
+            f"{p.destination_country} is not an adequate country under {ruleset.name}: "
+            "record a contract or express consent instead"
+        )
+    if p.expires_at is not None and p.expires_at.tzinfo is None:
+        raise ValidationError("expires_at must carry a timezone")
+    dataset_id = _dataset(ctx, p.dataset).id if p.dataset else None
+    row = TransferBasis(
+        tenant_id=ctx.tenant.id,
+        destination_country=p.destination_country,
+        basis=p.basis,
+        dataset_id=dataset_id,
+        evidence=p.evidence,
+        recorded_by=ctx.principal.id,
+        expires_at=p.expires_at,
+    )
+    ctx.session.add(row)
+    ctx.session.flush()
+    return Outcome(
+        {
+            "transfer_basis_id": row.id,
+            "country": p.destination_country,
+            "basis": p.basis,
+            "dataset": p.dataset,
+        }
+    )
+
+
+@handles(ActionKind.RESIDENCY_EXCEPTION_RECORD)
+def record_residency_exception(ctx: HandlerContext) -> Outcome:
+    p: ResidencyExceptionRecord = typed(ctx, ResidencyExceptionRecord)
+    ds = _dataset(ctx, p.dataset)
+    if ds.classification != "health":
+        raise ValidationError(f"{p.dataset} is {ds.classification} data: exceptions are for health data only")
+    row = ResidencyException(
+        tenant_id=ctx.tenant.id,
+        dataset_id=ds.id,
+        destination_country=p.destination_country,
+        exception=p.exception,
+        evidence=p.evidence,
+        recorded_by=ctx.principal.id,
+    )
+    ctx.session.add(row)
+    ctx.session.flush()
+    return Outcome({"exception_id": row.id, "dataset": p.dataset, "country": p.destination_country})
+
+
+@handles(ActionKind.OBJECTION_RECORD)
+def record_objection(ctx: HandlerContext) -> Outcome:
+    p: ObjectionRecord = typed(ctx, ObjectionRecord)
+    deployment = _deployment(ctx, p.deployment)
+    policy = next((f for f in deployment.flags if isinstance(f, dict) and f.get("type") == "inference-policy"), {})
+    if not policy.get("automated_decisions"):
+        raise ValidationError(f"deployment {p.deployment!r} does not make automated decisions")
+    row = Objection(tenant_id=ctx.tenant.id, deployment_id=deployment.id, subject_id=p.subject_id, reason=p.reason)
+    ctx.session.add(row)
+    ctx.session.flush()
+    return Outcome(
+        {
+            "objection_id": row.id,
+            "deployment": p.deployment,
+            "human_review_contact": deployment.human_review_contact,
+        }
+    )
+
+
+@handles(ActionKind.INFERENCE_POLICY_SET)
+def set_inference_policy(ctx: HandlerContext) -> Outcome:
+    p: InferencePolicySet = typed(ctx, InferencePolicySet)
+    deployment = _deployment(ctx, p.deployment)
+    contact = p.human_review_contact or deployment.human_review_contact
+    if p.automated_decisions and not contact:
+        raise ValidationError("a deployment making automated decisions needs a human_review_contact (PDPL Art. 18)")
+    flags = [f for f in deployment.flags if not (isinstance(f, dict) and f.get("type") == "inference-policy")]
+    flags.append(
+        {
+            "type": "inference-policy",
+            "automated_decisions": p.automated_decisions,
+            "max_batch_size": p.max_batch_size,
+        }
+    )
+    deployment.flags = flags
+    deployment.human_review_contact = contact
+    return Outcome(
+        {
+            "deployment": p.deployment,
+            "automated_decisions": p.automated_decisions,
+            "human_review_contact": contact,
+        }
+    )
+
+
+def subject_hash(subject_id: str) -> str:
+    """How erasure records name a subject after the fact: never the id itself."""
+    return "sha256:" + hashlib.sha256(subject_id.encode("utf-8")).hexdigest()
+
+
+@handles(ActionKind.ERASURE_REQUEST)
+def request_erasure(ctx: HandlerContext) -> Outcome:
+    p: ErasureRequestPayload = typed(ctx, ErasureRequestPayload)
+    open_request = ctx.session.scalar(
+        select(ErasureRequest.id).where(
+            ErasureRequest.tenant_id == ctx.tenant.id,
+            ErasureRequest.subject_id == p.subject_id,
+            ErasureRequest.status == "open",
+        )
+    )
+    if open_request is not None:
+        raise ConflictError(f"an erasure request for this subject is already open ({open_request})")
+    row = ErasureRequest(tenant_id=ctx.tenant.id, subject_id=p.subject_id, requested_by=ctx.principal.id)
+    ctx.session.add(row)
+    ctx.session.flush()
+    return Outcome({"request_id": row.id, "status": "open"})
+
+
+@handles(ActionKind.ERASURE_EXECUTE)
+def execute_erasure(ctx: HandlerContext) -> Outcome:
+    """Erase a subject from every dataset and feature store, verify, and flag models trained on them."""
+    p: ErasureExecute = typed(ctx, ErasureExecute)
+    request = ctx.session.get(ErasureRequest, p.request_id)
+    if request is None or request.tenant_id != ctx.tenant.id:
+        raise NotFoundError(f"no erasure request {p.request_id}")
+    if request.status != "open":
+        raise ConflictError(f"erasure request {p.request_id} is already {request.status}")
+    subject = request.subject_id
+    datasets = list(
+        ctx.session.scalars(
+            select(Dataset)
+            .join(DatasetSubject, DatasetSubject.dataset_id == Dataset.id)
+            .where(Dataset.tenant_id == ctx.tenant.id, DatasetSubject.subject_id == subject)
+        )
+    )
+    report: dict[str, object] = {"datasets": [], "feature_stores": []}
+    for ds in datasets:
+        rows = 0
+        if ds.uri and ds.subject_column and local_path(ds.uri) is not None:
+            ds.digest, rows = erase_subject(ds.uri, ds.subject_column, subject)
+        ctx.session.execute(
+            delete(DatasetSubject).where(DatasetSubject.dataset_id == ds.id, DatasetSubject.subject_id == subject)
+        )
+        report["datasets"].append({"dataset": f"{ds.name} v{ds.version}", "rows_removed": rows})  # type: ignore[union-attr]
+    for backend in ctx.session.scalars(
+        select(Backend).where(
+            Backend.tenant_id == ctx.tenant.id, Backend.kind == "feature_store", Backend.enabled.is_(True)
+        )
+    ):
+        store = ctx.plane.backend_instance(ctx.tenant.slug, backend)
+        try:
+            removed = store.delete_subjects([subject])
+        except Exception as exc:
+            raise BackendError(f"feature store {backend.name!r} could not erase the subject: {exc}") from exc
+        report["feature_stores"].append({"backend": backend.name, "rows_removed": removed})  # type: ignore[union-attr]
+    # Verify: the subject is in no dataset index and no local dataset file any more.
+    remaining = ctx.session.scalar(
+        select(DatasetSubject.dataset_id)
+        .where(DatasetSubject.subject_id == subject)
+        .join(Dataset, Dataset.id == DatasetSubject.dataset_id)
+        .where(Dataset.tenant_id == ctx.tenant.id)
+        .limit(1)
+    )
+    if remaining is not None:
+        raise BackendError("erasure could not be verified: the subject is still indexed")
+    # Flag model versions trained on any of these datasets (dataset -> training run -> model version).
+    ids = [d.id for d in datasets]
+    runs = (
+        ctx.session.scalars(
+            select(LineageEdge.target_id).where(
+                LineageEdge.source_type == "dataset",
+                LineageEdge.source_id.in_(ids),
+                LineageEdge.target_type == "training_run",
+            )
+        ).all()
+        if ids
+        else []
+    )
+    flagged = []
+    for mv in ctx.session.scalars(select(ModelVersion).where(ModelVersion.training_run_id.in_(runs))) if runs else []:
+        mv.flags = [
+            *mv.flags,
+            {
+                "type": "trained-on-erased-subject",
+                "erasure_request": request.id,
+                "at": datetime.now(UTC).isoformat(),
+            },
+        ]
+        flagged.append(mv.id)
+    # Consent records of the subject go too: their evidence is personal data of someone erased.
+    ctx.session.execute(
+        delete(ConsentRecord).where(ConsentRecord.tenant_id == ctx.tenant.id, ConsentRecord.subject_id == subject)
+    )
+    request.status = "completed"
+    request.completed_at = datetime.now(UTC)
+    request.subject_id = subject_hash(subject)
+    report["verified"] = True
+    report["flagged_model_versions"] = flagged
+    request.verification = report
+    return Outcome({"request_id": request.id, "status": "completed", **report})

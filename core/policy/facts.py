@@ -1,0 +1,344 @@
+"""Gathering the facts of a decision from the database: lineage, regions, consent, signatures, approvals."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from falaj.core.actions import ActionKind, Payload
+from falaj.core.domain import (
+    ApprovalRequest,
+    ApprovalVote,
+    Backend,
+    ConsentRecord,
+    Dataset,
+    DatasetSubject,
+    Deployment,
+    LineageEdge,
+    Model,
+    ModelSignature,
+    ModelVersion,
+    ResidencyException,
+    SigningKey,
+    TransferBasis,
+)
+from falaj.core.policy.engine import (
+    CONSENT_KINDS,
+    SIGNATURE_KINDS,
+    ApprovalFacts,
+    ConsentFacts,
+    DataProfile,
+    Facts,
+    SignatureFacts,
+    strictest,
+)
+
+if TYPE_CHECKING:
+    from falaj.core.handlers.base import PrincipalView, TenantView
+    from falaj.core.pipeline import ControlPlane
+    from falaj.core.plugin import BackendConfig
+
+
+def latest_dataset(session: Session, tenant_id: str, name: str) -> Dataset | None:
+    return session.scalar(
+        select(Dataset)
+        .where(Dataset.tenant_id == tenant_id, Dataset.name == name, Dataset.status == "active")
+        .order_by(Dataset.version.desc())
+        .limit(1)
+    )
+
+
+def model_version(session: Session, tenant_id: str, model: str, version: int) -> ModelVersion | None:
+    return session.scalar(
+        select(ModelVersion)
+        .join(Model, ModelVersion.model_id == Model.id)
+        .where(Model.tenant_id == tenant_id, Model.name == model, ModelVersion.version == version)
+    )
+
+
+def source_datasets(session: Session, versions: Iterable[ModelVersion]) -> list[Dataset]:
+    """Datasets a set of model versions were trained on, through lineage (dataset -> run -> version)."""
+    run_ids = {v.training_run_id for v in versions if v.training_run_id}
+    if not run_ids:
+        return []
+    ids = session.scalars(
+        select(LineageEdge.source_id).where(
+            LineageEdge.target_type == "training_run",
+            LineageEdge.target_id.in_(run_ids),
+            LineageEdge.source_type == "dataset",
+        )
+    ).all()
+    return list(session.scalars(select(Dataset).where(Dataset.id.in_(ids)))) if ids else []
+
+
+class FactLoader:
+    """Reads what the policy engine needs for one action. Read-only: it never writes."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+
+    def load(
+        self,
+        session: Session,
+        tenant: TenantView,
+        principal: PrincipalView,
+        roles: frozenset[str],
+        kind: ActionKind,
+        payload: Payload,
+        backend: BackendConfig | None,
+    ) -> Facts:
+        bundle = self.plane.bundle
+        unknown: list[tuple[str, str]] = []
+        p: Any = payload
+        region = backend.region if backend is not None else None
+        data: DataProfile | None = None
+        sources: list[Dataset] = []
+        versions: list[tuple[str, ModelVersion | None]] = []
+        deployment: Deployment | None = None
+
+        if kind in (ActionKind.BACKEND_REGISTER,) and p.region not in bundle.regions:
+            unknown.append(("region", p.region))
+        if kind in (ActionKind.PRINCIPAL_CREATE, ActionKind.ROLE_ASSIGN):
+            for role in p.roles if kind is ActionKind.PRINCIPAL_CREATE else [p.role]:
+                if role not in bundle.known_roles:
+                    unknown.append(("role", role))
+        if kind in (ActionKind.CONSENT_RECORD, ActionKind.CONSENT_WITHDRAW) and p.purpose not in bundle.purposes:
+            unknown.append(("purpose", p.purpose))
+        if kind is ActionKind.TENANT_CREATE and p.ruleset not in bundle.rulesets:
+            unknown.append(("rule set", p.ruleset))
+
+        if kind is ActionKind.DATASET_REGISTER:
+            if p.storage_backend is not None:
+                data = DataProfile(
+                    p.classification,
+                    frozenset({p.residency}),
+                    (p.name,),
+                    frozenset({p.legal_basis}) if p.legal_basis else frozenset(),
+                )
+        elif kind is ActionKind.TRAINING_SUBMIT:
+            for name in p.inputs:
+                ds = latest_dataset(session, tenant.id, name)
+                if ds is None:
+                    unknown.append(("dataset", name))
+                else:
+                    sources.append(ds)
+        elif kind is ActionKind.MODEL_VERSION_REGISTER and p.training_run_id:
+            sources = source_datasets(session, [ModelVersion(training_run_id=p.training_run_id)])
+        elif kind in (ActionKind.DEPLOYMENT_REQUEST, ActionKind.DEPLOYMENT_PROMOTE):
+            for variant in p.traffic:
+                mv = model_version(session, tenant.id, variant.model, variant.version)
+                if mv is None:
+                    unknown.append(("model version", f"{variant.model} v{variant.version}"))
+                versions.append((f"{variant.model} v{variant.version}", mv))
+        elif kind in (ActionKind.DEPLOYMENT_ROLLOUT, ActionKind.APPROVAL_VOTE):
+            if kind is ActionKind.APPROVAL_VOTE:
+                request = session.get(ApprovalRequest, p.request_id)
+                if request is not None and request.tenant_id == tenant.id and request.deployment_id:
+                    deployment = session.get(Deployment, request.deployment_id)
+            else:
+                deployment = session.scalar(
+                    select(Deployment).where(Deployment.tenant_id == tenant.id, Deployment.name == p.name)
+                )
+                if deployment is None:
+                    unknown.append(("deployment", p.name))
+            if deployment is not None:
+                for variant in deployment.traffic:
+                    mv = model_version(session, tenant.id, variant["model"], variant["version"])
+                    versions.append((f"{variant['model']} v{variant['version']}", mv))
+                runtime = session.get(Backend, deployment.runtime_backend_id)
+                if runtime is not None and kind is ActionKind.DEPLOYMENT_ROLLOUT:
+                    region = runtime.region
+
+        if versions:
+            sources = source_datasets(session, [mv for _, mv in versions if mv is not None])
+        if sources:
+            data = DataProfile(
+                strictest(bundle, (d.classification for d in sources)),
+                frozenset(d.residency for d in sources),
+                tuple(f"{d.name} v{d.version}" for d in sources),
+                frozenset(d.legal_basis for d in sources if d.legal_basis),
+            )
+
+        now = datetime.now(UTC)
+        return Facts(
+            kind=kind.value,
+            tenant=tenant.slug,
+            ruleset=tenant.ruleset,
+            roles=roles,
+            principal=principal.id,
+            target_region=region,
+            data=data,
+            transfer_bases=self._bases(session, tenant.id, sources, now) if data is not None else frozenset(),
+            exceptions=self._exceptions(session, sources) if data is not None else frozenset(),
+            consent=self._consent(session, tenant.id, kind, p, sources, now),
+            signatures=self._signatures(session, tenant, kind, versions) if kind.value in SIGNATURE_KINDS else None,
+            approval=self._approval(session, tenant.id, principal, roles, kind, p, deployment, now),
+            unknown=tuple(unknown),
+        )
+
+    # -- pieces ----------------------------------------------------------------------------------------------
+    def _bases(
+        self, session: Session, tenant_id: str, sources: list[Dataset], now: datetime
+    ) -> frozenset[tuple[str, str]]:
+        rows = session.scalars(
+            select(TransferBasis).where(TransferBasis.tenant_id == tenant_id, TransferBasis.revoked_at.is_(None))
+        ).all()
+        live = [r for r in rows if r.expires_at is None or r.expires_at > now]
+        pairs = {(r.destination_country, r.basis) for r in live}
+        ids = {d.id for d in sources}
+        covered = set()
+        for country, basis in pairs:
+            tenant_wide = any(
+                r.dataset_id is None for r in live if (r.destination_country, r.basis) == (country, basis)
+            )
+            per_dataset = {r.dataset_id for r in live if (r.destination_country, r.basis) == (country, basis)}
+            if tenant_wide or (ids and ids <= per_dataset):
+                covered.add((country, basis))
+        return frozenset(covered)
+
+    def _exceptions(self, session: Session, sources: list[Dataset]) -> frozenset[str]:
+        health = [d.id for d in sources if d.classification == "health"]
+        if not health:
+            return frozenset()
+        rows = session.execute(
+            select(ResidencyException.destination_country, ResidencyException.dataset_id).where(
+                ResidencyException.dataset_id.in_(health)
+            )
+        ).all()
+        by_country: dict[str, set[str]] = {}
+        for country, dataset_id in rows:
+            by_country.setdefault(country, set()).add(dataset_id)
+        return frozenset(c for c, ids in by_country.items() if set(health) <= ids)
+
+    def _consent(
+        self,
+        session: Session,
+        tenant_id: str,
+        kind: ActionKind,
+        p: Any,
+        sources: list[Dataset],
+        now: datetime,
+    ) -> ConsentFacts | None:
+        if kind.value not in CONSENT_KINDS:
+            return None
+        purpose = getattr(p, "purpose", None) or "feature-serving"
+        modes = self.plane.bundle.legal_bases
+        filtered = [d for d in sources if modes.get(d.legal_basis or "") == "filter"]
+        subjects: dict[str, int] = {}
+        consented: dict[str, int] = {}
+        for ds in filtered:
+            label = f"{ds.name} v{ds.version}"
+            subjects[label] = (
+                session.scalar(
+                    select(func.count()).select_from(DatasetSubject).where(DatasetSubject.dataset_id == ds.id)
+                )
+                or 0
+            )
+            consented[label] = len(consented_subjects(session, tenant_id, ds.id, purpose, now))
+        return ConsentFacts(purpose, subjects, consented)
+
+    def _signatures(
+        self,
+        session: Session,
+        tenant: TenantView,
+        kind: ActionKind,
+        versions: list[tuple[str, ModelVersion | None]],
+    ) -> tuple[SignatureFacts, ...] | None:
+        if not versions:
+            return None
+        policy = self.plane.bundle.signer_policy(tenant.slug)
+        out = []
+        for label, mv in versions:
+            if mv is None:
+                continue
+            entries = []
+            for sig in session.scalars(select(ModelSignature).where(ModelSignature.model_version_id == mv.id)):
+                key = session.scalar(
+                    select(SigningKey).where(SigningKey.tenant_id == tenant.id, SigningKey.key_id == sig.key_id)
+                )
+                trusted = key is not None and (policy.trust == "registered" or sig.key_id in policy.keys)
+                revoked = key is not None and key.revoked_at is not None
+                valid = (
+                    key is not None
+                    and self.plane.verify_signature(tenant.slug, mv, sig.bundle, key.public_key_pem) is None
+                )
+                entries.append((sig.key_id, valid, trusted, revoked))
+            out.append(SignatureFacts(label, tuple(entries)))
+        return tuple(out)
+
+    def _approval(
+        self,
+        session: Session,
+        tenant_id: str,
+        principal: PrincipalView,
+        roles: frozenset[str],
+        kind: ActionKind,
+        p: Any,
+        deployment: Deployment | None,
+        now: datetime,
+    ) -> ApprovalFacts | None:
+        if kind is ActionKind.DEPLOYMENT_REQUEST:
+            return ApprovalFacts(environment=p.environment)
+        if kind is ActionKind.DEPLOYMENT_ROLLOUT and deployment is not None:
+            request = session.scalar(
+                select(ApprovalRequest)
+                .where(ApprovalRequest.deployment_id == deployment.id)
+                .order_by(ApprovalRequest.created_at.desc())
+                .limit(1)
+            )
+            status = None if request is None else _status(request, now)
+            return ApprovalFacts(
+                environment=deployment.environment, request_id=request.id if request else None, status=status
+            )
+        if kind is ActionKind.APPROVAL_VOTE:
+            request = session.get(ApprovalRequest, p.request_id)
+            if request is None or request.tenant_id != tenant_id:
+                return ApprovalFacts(environment="?", request_id=None)
+            voted = (
+                session.scalar(
+                    select(ApprovalVote.id).where(
+                        ApprovalVote.request_id == request.id, ApprovalVote.approver_id == principal.id
+                    )
+                )
+                is not None
+            )
+            return ApprovalFacts(
+                environment=request.environment,
+                request_id=request.id,
+                status=request.status,
+                requester=request.requester_id,
+                voter=principal.id,
+                voter_roles=roles,
+                already_voted=voted,
+                expires_at=request.expires_at,
+                now=now,
+            )
+        return None
+
+
+def _status(request: ApprovalRequest, now: datetime) -> str:
+    if request.status == "pending" and request.expires_at <= now:
+        return "expired"
+    return request.status
+
+
+def consented_subjects(session: Session, tenant_id: str, dataset_id: str, purpose: str, now: datetime) -> set[str]:
+    """Subjects of a dataset whose consent for ``purpose`` is valid at ``now`` (granted, not withdrawn)."""
+    rows = session.scalars(
+        select(DatasetSubject.subject_id)
+        .join(
+            ConsentRecord,
+            (ConsentRecord.subject_id == DatasetSubject.subject_id) & (ConsentRecord.tenant_id == tenant_id),
+        )
+        .where(
+            DatasetSubject.dataset_id == dataset_id,
+            ConsentRecord.purpose == purpose,
+            ConsentRecord.withdrawn_at.is_(None),
+            ConsentRecord.granted_at <= now,
+        )
+    )
+    return set(rows)
