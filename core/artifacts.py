@@ -68,3 +68,13 @@ def materialize(store: ArtifactStore, tenant: str, digest: str, destination: Pat
             while chunk := src.read(1 << 20):
                 out.write(chunk)
     return destination
+
+
+def check_files(store: ArtifactStore, tenant: str, manifest: dict[str, Any]) -> None:
+    """Re-read every file of an artifact; the store raises ``BackendError`` for any whose bytes changed."""
+    for rel, entry in manifest["files"].items():
+        try:
+            with store.open(entry["digest"], tenant=tenant):
+                pass
+        except BackendError as exc:
+            raise BackendError(f"artifact file {rel}: {exc}") from exc

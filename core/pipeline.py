@@ -183,27 +183,30 @@ class ControlPlane:
         self.use_bundle(parse_bundle(files, f"database ({row.digest[:19]})"))
 
     def verify_signature(
-        self, tenant: str, version: ModelVersion, bundle: dict[str, Any], public_pem: str
+        self, session: Session, tenant: str, version: ModelVersion, bundle: dict[str, Any], public_pem: str
     ) -> str | None:
-        """Check a signature bundle against a model version's stored artifact; None if it verifies."""
-        key = (version.artifact_digest, sha256_digest(bundle), public_pem)
-        if key in self._signature_cache:
-            return self._signature_cache[key]
+        """Check a signature against a model version's stored artifact; None if it verifies.
+
+        Two parts: the bundle's signature and file digests against the artifact manifest (a pure function,
+        cached), and the stored files against the manifest (re-hashed every time, so a file changed in the
+        store after signing is caught at approval and rollout).
+        """
         from falaj.core import signing
-        from falaj.core.artifacts import read_manifest
+        from falaj.core.artifacts import check_files, read_manifest
 
         try:
-            with self.sessions() as session:
-                backend = session.get(Backend, version.storage_backend_id)
+            backend = session.get(Backend, version.storage_backend_id)
             if backend is None:
                 return "the artifact's storage backend is gone"
             store = self.backend_instance(tenant, backend)
             manifest = read_manifest(store, tenant, version.artifact_digest)
+            check_files(store, tenant, manifest)
         except FalajError as exc:
             return str(exc)
-        problem = signing.verify_against_manifest(bundle, public_pem.encode("utf-8"), manifest)
-        self._signature_cache[key] = problem
-        return problem
+        key = (version.artifact_digest, sha256_digest(bundle), public_pem)
+        if key not in self._signature_cache:
+            self._signature_cache[key] = signing.verify_against_manifest(bundle, public_pem.encode("utf-8"), manifest)
+        return self._signature_cache[key]
 
     def close(self) -> None:
         self.engine.dispose()

@@ -154,3 +154,88 @@ def world(tmp_path: Path, database_url: str) -> Iterator[World]:
         yield w
     finally:
         w.plane.close()
+
+
+# -- test backends: a compute backend and a serving runtime that record what the control plane hands them --
+class RecordingCompute:
+    """Keeps every job it receives (the test double of a compute backend; runs nothing)."""
+
+    jobs: list[dict[str, Any]] = []
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def submit(self, job: dict[str, Any]) -> str:
+        RecordingCompute.jobs.append(job)
+        return f"job-{len(RecordingCompute.jobs)}"
+
+    def status(self, handle: str) -> Any:
+        from falaj.core.plugin import JobStatus
+
+        return JobStatus("succeeded")
+
+    def cancel(self, handle: str) -> None:
+        return None
+
+
+class RecordingServing:
+    """Keeps every deployment it is asked to serve."""
+
+    deployed: list[dict[str, Any]] = []
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def deploy(self, deployment: dict[str, Any]) -> str:
+        RecordingServing.deployed.append(deployment)
+        return f"http://127.0.0.1:9/{deployment['name']}"
+
+    def undeploy(self, name: str) -> None:
+        return None
+
+    def status(self, name: str) -> str:
+        return "ready"
+
+
+def recording_plugins() -> Any:
+    from falaj.core.plugin import (
+        ComputeBackend,
+        ComputeBackendSpec,
+        ServingRuntime,
+        ServingRuntimeSpec,
+        hookimpl,
+    )
+    from falaj.core.plugin.manager import module_from_object
+
+    compute = type("Compute", (RecordingCompute, ComputeBackend), {})
+    serving = type("Serving", (RecordingServing, ServingRuntime), {})
+    return module_from_object(
+        "recording",
+        falaj_compute_backends=hookimpl(lambda: [ComputeBackendSpec(name="recording-compute", factory=compute)]),
+        falaj_serving_runtimes=hookimpl(lambda: [ServingRuntimeSpec(name="recording-serving", factory=serving)]),
+    )
+
+
+@pytest.fixture
+def lifecycle(tmp_path: Path, database_url: str) -> Iterator[World]:
+    """An installation with test compute and serving backends, and the people of a governed lifecycle."""
+    RecordingCompute.jobs.clear()
+    RecordingServing.deployed.clear()
+    registry = create_plugin_manager(load_entrypoints=False, extra=[("recording", recording_plugins())])
+    w = make_world(tmp_path, database_url, registry=registry)
+    try:
+        for name, roles in (("eng", ["ml-engineer"]), ("dpo", ["data-steward"]), ("ap1", ["approver"]),
+                            ("ap2", ["approver"]), ("ap3", ["approver"]), ("aud", ["auditor"])):
+            w.principal(name, roles)
+        for name, kind, plugin, region in (
+            ("store-ae", "storage", "local", "me-central-1"),
+            ("gpu-ae", "compute", "recording-compute", "me-central-1"),
+            ("gpu-bh", "compute", "recording-compute", "me-south-1"),
+            ("serve-ae", "serving", "recording-serving", "uaenorth"),
+            ("serve-qa", "serving", "recording-serving", "me-central1"),
+        ):
+            r = w.act("backend.register", {"name": name, "kind": kind, "plugin": plugin, "region": region})
+            assert r.ok, r.message()
+        yield w
+    finally:
+        w.plane.close()

@@ -162,7 +162,7 @@ def sign_artifact(ctx: HandlerContext) -> Outcome:
     with tempfile.TemporaryDirectory() as tmp:
         folder = materialize(store, ctx.tenant.slug, mv.artifact_digest, Path(tmp) / "model")
         bundle = signing.sign_folder(folder, key.private_key_pem.encode(), master_key(ctx.plane.settings))
-    problem = ctx.plane.verify_signature(ctx.tenant.slug, mv, bundle, key.public_key_pem)
+    problem = ctx.plane.verify_signature(ctx.session, ctx.tenant.slug, mv, bundle, key.public_key_pem)
     if problem:
         raise BackendError(f"the new signature does not verify: {problem}")
     existing = ctx.session.scalar(

@@ -251,7 +251,7 @@ def _attach_signature(ctx: HandlerContext, version: ModelVersion, bundle: dict[s
         raise ValidationError(f"the bundle is signed by {kid}, which is not a registered signing key of the tenant")
     if key.revoked_at is not None:
         raise ValidationError(f"the bundle is signed by revoked key {kid}")
-    problem = ctx.plane.verify_signature(ctx.tenant.slug, version, bundle, key.public_key_pem)
+    problem = ctx.plane.verify_signature(ctx.session, ctx.tenant.slug, version, bundle, key.public_key_pem)
     if problem:
         raise ValidationError(f"signature_bundle does not verify against the artifact: {problem}")
     ctx.session.add(

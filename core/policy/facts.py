@@ -264,7 +264,7 @@ class FactLoader:
                 revoked = key is not None and key.revoked_at is not None
                 valid = (
                     key is not None
-                    and self.plane.verify_signature(tenant.slug, mv, sig.bundle, key.public_key_pem) is None
+                    and self.plane.verify_signature(session, tenant.slug, mv, sig.bundle, key.public_key_pem) is None
                 )
                 entries.append((sig.key_id, valid, trusted, revoked))
             out.append(SignatureFacts(label, tuple(entries)))
