@@ -224,8 +224,14 @@ def lifecycle(tmp_path: Path, database_url: str) -> Iterator[World]:
     registry = create_plugin_manager(load_entrypoints=False, extra=[("recording", recording_plugins())])
     w = make_world(tmp_path, database_url, registry=registry)
     try:
-        for name, roles in (("eng", ["ml-engineer"]), ("dpo", ["data-steward"]), ("ap1", ["approver"]),
-                            ("ap2", ["approver"]), ("ap3", ["approver"]), ("aud", ["auditor"])):
+        for name, roles in (
+            ("eng", ["ml-engineer"]),
+            ("dpo", ["data-steward"]),
+            ("ap1", ["approver"]),
+            ("ap2", ["approver"]),
+            ("ap3", ["approver"]),
+            ("aud", ["auditor"]),
+        ):
             w.principal(name, roles)
         for name, kind, plugin, region in (
             ("store-ae", "storage", "local", "me-central-1"),

@@ -42,8 +42,18 @@ def write_customers(path: Path, n: int = 40) -> str:
 
 def register_dataset(w, tmp_path: Path, name="customers", classification="personal", n=40, basis="consent"):
     uri = write_customers(tmp_path / f"{name}.csv", n)
-    r = w.act("dataset.register", {"name": name, "classification": classification, "residency": "AE",
-                                   "legal_basis": basis, "uri": uri, "subject_column": "cid"}, as_="dpo")
+    r = w.act(
+        "dataset.register",
+        {
+            "name": name,
+            "classification": classification,
+            "residency": "AE",
+            "legal_basis": basis,
+            "uri": uri,
+            "subject_column": "cid",
+        },
+        as_="dpo",
+    )
     assert r.ok, r.message()
     assert r.data["subjects"] == n
     return uri
@@ -79,8 +89,16 @@ def test_personal_data_leaves_the_uae_only_with_a_transfer_basis(lifecycle, tmp_
     assert "me-south-1 (BH)" in reason and "PDPL Art. 22" in reason
     assert RecordingCompute.jobs == []
 
-    basis = w.act("transfer_basis.record", {"destination_country": "BH", "basis": "contract", "dataset": "customers",
-                                            "evidence": {"contract": "DPA-2026-17"}}, as_="dpo")
+    basis = w.act(
+        "transfer_basis.record",
+        {
+            "destination_country": "BH",
+            "basis": "contract",
+            "dataset": "customers",
+            "evidence": {"contract": "DPA-2026-17"},
+        },
+        as_="dpo",
+    )
     assert basis.ok, basis.message()
     allowed = w.act("training.submit", job, as_="eng")
     assert allowed.ok, allowed.message()
@@ -101,8 +119,11 @@ def test_health_data_stays_in_the_uae_unless_an_exception_is_recorded(lifecycle,
     job = {"name": "run", "backend": "gpu-bh", "inputs": ["patients"]}
     denied = w.act("training.submit", job, as_="eng")
     assert denied.outcome == "denied" and "Federal Law 2/2019 Art. 13" in failure(denied, "residency").reason
-    exception = w.act("residency_exception.record", {"destination_country": "BH", "dataset": "patients",
-                                                     "exception": "MoHAP 51/2021: research"}, as_="dpo")
+    exception = w.act(
+        "residency_exception.record",
+        {"destination_country": "BH", "dataset": "patients", "exception": "MoHAP 51/2021: research"},
+        as_="dpo",
+    )
     assert exception.ok, exception.message()
     assert w.act("training.submit", job, as_="eng").ok
     assert w.act("training.submit", dict(job, backend="gpu-ae", name="run-ae"), as_="eng").ok
@@ -135,8 +156,9 @@ def test_no_consent_at_all_denies_and_unknown_purpose_names_it(lifecycle, tmp_pa
     register_dataset(w, tmp_path, n=5)
     r = w.act("training.submit", {"name": "r", "backend": "gpu-ae", "inputs": ["customers"]}, as_="eng")
     assert r.outcome == "denied" and "no data subject has valid consent" in r.message()
-    r = w.act("training.submit", {"name": "r", "backend": "gpu-ae", "inputs": ["customers"], "purpose": "resale"},
-              as_="eng")
+    r = w.act(
+        "training.submit", {"name": "r", "backend": "gpu-ae", "inputs": ["customers"], "purpose": "resale"}, as_="eng"
+    )
     assert r.outcome == "denied" and "unknown purpose 'resale'" in r.message()
     r = w.act("consent.record", {"subject_id": "C000", "purpose": "resale"}, as_="dpo")
     assert r.outcome == "denied" and "unknown purpose 'resale'" in r.message()
@@ -164,9 +186,16 @@ def test_erasure_removes_the_subject_verifies_and_flags_models(lifecycle, tmp_pa
     store = w.plane.backend_instance("operator", store_row)
     info = store.put(io.BytesIO(b"weights"), tenant="operator")
     assert w.act("model.register", {"name": "churn"}, as_="eng").ok
-    mv = w.act("model_version.register", {"model": "churn", "storage_backend": "store-ae",
-                                          "artifact_digest": info.digest, "training_run_id": run.data["run_id"]},
-               as_="eng")
+    mv = w.act(
+        "model_version.register",
+        {
+            "model": "churn",
+            "storage_backend": "store-ae",
+            "artifact_digest": info.digest,
+            "training_run_id": run.data["run_id"],
+        },
+        as_="eng",
+    )
     assert mv.ok, mv.message()
 
     req = w.act("erasure.request", {"subject_id": "C003"}, as_="dpo")
@@ -202,8 +231,9 @@ def signed_version(w, tmp_path, name="churn", sign=True):
     store = w.plane.backend_instance("operator", store_row)
     digest, _ = put_folder(store, "operator", folder)
     assert w.act("model.register", {"name": name}, as_="eng").ok
-    assert w.act("model_version.register", {"model": name, "storage_backend": "store-ae",
-                                            "artifact_digest": digest}, as_="eng").ok
+    assert w.act(
+        "model_version.register", {"model": name, "storage_backend": "store-ae", "artifact_digest": digest}, as_="eng"
+    ).ok
     key = None
     if sign:
         key = w.act("signing_key.create", {"key_name": "release", "owner": "ML release team"})
@@ -214,8 +244,16 @@ def signed_version(w, tmp_path, name="churn", sign=True):
 
 
 def deploy_request(w, name="churn-prod", env="production", runtime="serve-ae", model="churn"):
-    return w.act("deployment.request", {"name": name, "environment": env, "runtime_backend": runtime,
-                                        "traffic": [{"model": model, "version": 1, "weight": 100}]}, as_="eng")
+    return w.act(
+        "deployment.request",
+        {
+            "name": name,
+            "environment": env,
+            "runtime_backend": runtime,
+            "traffic": [{"model": model, "version": 1, "weight": 100}],
+        },
+        as_="eng",
+    )
 
 
 def test_unsigned_models_are_not_deployed(lifecycle, tmp_path):
@@ -270,8 +308,7 @@ def test_one_rejection_ends_the_request(lifecycle, tmp_path):
     w = lifecycle
     signed_version(w, tmp_path)
     request_id = deploy_request(w).data["approval_request_id"]
-    r = w.act("approval.vote", {"request_id": request_id, "vote": "reject", "comment": "bias audit missing"},
-              as_="ap1")
+    r = w.act("approval.vote", {"request_id": request_id, "vote": "reject", "comment": "bias audit missing"}, as_="ap1")
     assert r.ok and r.data["transition"] == "rejected"
     rollout = w.act("deployment.rollout", {"name": "churn-prod"}, as_="eng")
     assert rollout.outcome == "denied" and "rejected" in rollout.message()
@@ -322,12 +359,20 @@ def test_export_verifies_with_the_upstream_model_signing_cli(lifecycle, tmp_path
     assert r.ok, r.message()
     sig = r.data["signatures"][0]
     cli = shutil.which("model_signing") or str(Path(sys.executable).parent / "model_signing")
-    ok = subprocess.run([cli, "verify", "key", "model", "--signature", sig["bundle"], "--public_key",
-                         sig["public_key"]], cwd=out, capture_output=True, text=True)
+    ok = subprocess.run(
+        [cli, "verify", "key", "model", "--signature", sig["bundle"], "--public_key", sig["public_key"]],
+        cwd=out,
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     (out / "model" / "config.json").write_text('{"classes": 3}')
-    bad = subprocess.run([cli, "verify", "key", "model", "--signature", sig["bundle"], "--public_key",
-                          sig["public_key"]], cwd=out, capture_output=True, text=True)
+    bad = subprocess.run(
+        [cli, "verify", "key", "model", "--signature", sig["bundle"], "--public_key", sig["public_key"]],
+        cwd=out,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 1
 
 
@@ -369,8 +414,7 @@ def test_two_approvers_at_the_same_instant_make_exactly_one_transition(lifecycle
 
     def vote(who):
         barrier.wait()
-        results[who] = w.act("approval.vote", {"request_id": request_id, "vote": "approve", "comment": who},
-                             as_=who)
+        results[who] = w.act("approval.vote", {"request_id": request_id, "vote": "approve", "comment": who}, as_=who)
 
     threads = [threading.Thread(target=vote, args=(who,)) for who in ("ap1", "ap2")]
     for t in threads:
@@ -409,11 +453,17 @@ def test_automated_decisions_need_a_human_review_contact_and_accept_objections(l
     assert no_contact.outcome == "failed" and "Art. 18" in no_contact.error
     early = w.act("objection.record", {"deployment": "scoring", "subject_id": "C001", "reason": "x"}, as_="dpo")
     assert early.outcome == "failed" and "does not make automated decisions" in early.error
-    ok = w.act("inference_policy.set", {"deployment": "scoring", "automated_decisions": True,
-                                        "human_review_contact": "review@bank.ae"}, as_="eng")
+    ok = w.act(
+        "inference_policy.set",
+        {"deployment": "scoring", "automated_decisions": True, "human_review_contact": "review@bank.ae"},
+        as_="eng",
+    )
     assert ok.ok
-    objection = w.act("objection.record", {"deployment": "scoring", "subject_id": "C001",
-                                           "reason": "I want a person to decide"}, as_="dpo")
+    objection = w.act(
+        "objection.record",
+        {"deployment": "scoring", "subject_id": "C001", "reason": "I want a person to decide"},
+        as_="dpo",
+    )
     assert objection.ok and objection.data["human_review_contact"] == "review@bank.ae"
 
 

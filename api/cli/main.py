@@ -183,6 +183,58 @@ def policy_explain(kind: str, tenant: str, token: str | None, payload_text: str)
         sys.exit(1)
 
 
+@policy.command("test")
+@click.option(
+    "--cases",
+    "cases_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder of case files (default: tests/ of the policy bundle).",
+)
+@click.option("--verbose", "-v", is_flag=True, help="Print every case, not only failures.")
+def policy_test(cases_dir: Path | None, verbose: bool) -> None:
+    """Run the policy case files against the bundle and end with `N passed, M failed`.
+
+    Uses FALAJ_POLICY_DIR when set, else the bundle shipped with Falaj; needs no database.
+    """
+    from falaj.core.policy import PolicyError, load_bundle
+    from falaj.core.policy.bundle import default_policy_dir
+    from falaj.core.policy.testing import run_all
+
+    settings = _settings()
+    folder = settings.policy_dir or default_policy_dir()
+    try:
+        bundle = load_bundle(folder)
+        results = run_all(bundle, cases_dir or folder / "tests")
+    except PolicyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for r in results:
+        if verbose or not r.passed:
+            mark = "[green]PASS[/]" if r.passed else "[red]FAIL[/]"
+            console.print(f"{mark} {r.file}: {r.name}" + ("" if r.passed else f" — {r.detail}"), highlight=False)
+    passed = sum(r.passed for r in results)
+    failed = len(results) - passed
+    click.echo(f"{passed} passed, {failed} failed")
+    if failed or not results:
+        sys.exit(1)
+
+
+@policy.command("show")
+def policy_show() -> None:
+    """Print the bundle in force: digest, version, rule sets, regions, purposes, approval rules."""
+    plane = _plane()
+    try:
+        plane.sync_bundle(force=True)
+        b = plane.bundle
+    finally:
+        plane.close()
+    console.print(f"bundle {b.manifest.get('bundle', {}).get('name', '?')} {b.version}  digest {b.digest}")
+    console.print(f"source: {b.source}")
+    console.print("rule sets: " + ", ".join(sorted(b.rulesets)))
+    console.print("UAE regions: " + ", ".join(sorted(r for r, v in b.regions.items() if v.country == "AE")))
+    console.print("purposes: " + ", ".join(sorted(b.purposes)))
+    console.print("approvals: " + ", ".join(f"{e}={r.quorum}" for e, r in sorted(b.approvals.items())))
+
+
 @cli.group()
 def audit() -> None:
     """Verify and export the tamper-evident audit log."""

@@ -224,7 +224,7 @@ def _toml(texts: dict[str, str], name: str) -> dict[str, Any]:
 
 def _line_of(text: str, needle: str) -> int | None:
     for number, line in enumerate(text.splitlines(), 1):
-        if needle in line:
+        if needle in line and not line.lstrip().startswith("#"):
             return number
     return None
 
