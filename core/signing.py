@@ -75,11 +75,10 @@ def sign_folder(folder: Path, private_pem: bytes, password: bytes | None) -> dic
     with tempfile.TemporaryDirectory() as tmp:
         key_path = _private_file(Path(tmp), private_pem)
         bundle_path = Path(tmp) / "model.sig"
-        (
-            model_signing.signing.Config()
-            .use_elliptic_key_signer(private_key=key_path, password=password)
-            .sign(folder, bundle_path)
-        )
+        # model-signing 1.1.1 annotates password as str but needs bytes (a str raises TypeError).
+        config = model_signing.signing.Config()  # type: ignore[no-untyped-call]
+        config.use_elliptic_key_signer(private_key=key_path, password=password)  # type: ignore[arg-type]
+        config.sign(folder, bundle_path)
         bundle: dict[str, Any] = json.loads(bundle_path.read_text("utf-8"))
         return bundle
 
@@ -130,4 +129,5 @@ def verify_folder(folder: Path, bundle_path: Path, public_key_path: Path) -> Non
     """model-signing's own folder verification (what `model_signing verify key` runs). Raises on failure."""
     import model_signing
 
-    model_signing.verifying.Config().use_elliptic_key_verifier(public_key=public_key_path).verify(folder, bundle_path)
+    config = model_signing.verifying.Config()  # type: ignore[no-untyped-call]
+    config.use_elliptic_key_verifier(public_key=public_key_path).verify(folder, bundle_path)

@@ -188,7 +188,8 @@ def execute_erasure(ctx: HandlerContext) -> Outcome:
             .where(Dataset.tenant_id == ctx.tenant.id, DatasetSubject.subject_id == subject)
         )
     )
-    report: dict[str, object] = {"datasets": [], "feature_stores": []}
+    erased_datasets: list[dict[str, object]] = []
+    erased_stores: list[dict[str, object]] = []
     for ds in datasets:
         rows = 0
         if ds.uri and ds.subject_column and local_path(ds.uri) is not None:
@@ -196,7 +197,7 @@ def execute_erasure(ctx: HandlerContext) -> Outcome:
         ctx.session.execute(
             delete(DatasetSubject).where(DatasetSubject.dataset_id == ds.id, DatasetSubject.subject_id == subject)
         )
-        report["datasets"].append({"dataset": f"{ds.name} v{ds.version}", "rows_removed": rows})  # type: ignore[union-attr]
+        erased_datasets.append({"dataset": f"{ds.name} v{ds.version}", "rows_removed": rows})
     for backend in ctx.session.scalars(
         select(Backend).where(
             Backend.tenant_id == ctx.tenant.id, Backend.kind == "feature_store", Backend.enabled.is_(True)
@@ -207,7 +208,7 @@ def execute_erasure(ctx: HandlerContext) -> Outcome:
             removed = store.delete_subjects([subject])
         except Exception as exc:
             raise BackendError(f"feature store {backend.name!r} could not erase the subject: {exc}") from exc
-        report["feature_stores"].append({"backend": backend.name, "rows_removed": removed})  # type: ignore[union-attr]
+        erased_stores.append({"backend": backend.name, "rows_removed": removed})
     # Verify: the subject is in no dataset index and no local dataset file any more.
     remaining = ctx.session.scalar(
         select(DatasetSubject.dataset_id)
@@ -249,7 +250,11 @@ def execute_erasure(ctx: HandlerContext) -> Outcome:
     request.status = "completed"
     request.completed_at = datetime.now(UTC)
     request.subject_id = subject_hash(subject)
-    report["verified"] = True
-    report["flagged_model_versions"] = flagged
+    report: dict[str, object] = {
+        "datasets": erased_datasets,
+        "feature_stores": erased_stores,
+        "verified": True,
+        "flagged_model_versions": flagged,
+    }
     request.verification = report
     return Outcome({"request_id": request.id, "status": "completed", **report})

@@ -245,6 +245,7 @@ def _check_model(text: str) -> None:
 
 def _parse_rules(text: str, known_roles: frozenset[str]) -> list[RbacRule]:
     rules: list[RbacRule] = []
+    seen: dict[tuple[str, str, str, str], int] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -265,12 +266,10 @@ def _parse_rules(text: str, known_roles: frozenset[str]) -> list[RbacRule]:
             raise PolicyError(POLICY_FILE, lineno, f"effect must be allow or deny, got {effect!r}")
         if not resource or not verb or not tenant:
             raise PolicyError(POLICY_FILE, lineno, "tenant, resource and verb must not be empty")
-        duplicate = next(
-            (r for r in rules if (r.role, r.tenant, r.resource, r.verb) == (role, tenant, resource, verb)),
-            None,
-        )
-        if duplicate is not None:
-            raise PolicyError(POLICY_FILE, lineno, f"repeats the rule of line {duplicate.line}")
+        key = (role, tenant, resource, verb)
+        if key in seen:
+            raise PolicyError(POLICY_FILE, lineno, f"repeats the rule of line {seen[key]}")
+        seen[key] = lineno
         rules.append(RbacRule(role, tenant, resource, verb, effect, lineno))
     return rules
 

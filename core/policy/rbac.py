@@ -21,26 +21,41 @@ class RoleDecision:
 class Authorizer:
     """Answers (roles, tenant, resource type, verb) with the rule that decided.
 
-    casbin evaluates each (role, tenant, resource, verb) once; the answer is cached for the life of the
-    bundle, since it depends on nothing else. A principal's roles in the tenant come from the database
-    on every action, so granting or revoking a role takes effect at once.
+    casbin decides. Each tenant (casbin domain) gets its own enforcer holding only the lines that can
+    match it — its own and the shared ``*`` lines — built on first use, so a decision never scans the
+    other tenants' rules. Each (role, tenant, resource, verb) answer is then cached for the life of the
+    bundle, since it depends on nothing else. A principal's roles in the tenant come from the database on
+    every action, so granting or revoking a role takes effect at once.
     """
 
     def __init__(self, bundle: PolicyBundle) -> None:
         self.bundle = bundle
-        model = casbin.Model()
-        model.load_model_from_text(bundle.model_text)
-        self.enforcer = casbin.Enforcer(model)
-        self.enforcer.enable_auto_save(False)
         self._index: dict[tuple[str, str, str], list[RbacRule]] = {}
+        self._by_tenant: dict[str, list[RbacRule]] = {}
         for rule in bundle.rules:
             self._index.setdefault((rule.role, rule.tenant, rule.resource), []).append(rule)
-        self.enforcer.add_policies([[r.role, r.tenant, r.resource, r.verb, r.effect] for r in bundle.rules])
-        self._role_decision = lru_cache(maxsize=65_536)(self._evaluate_role)
+            self._by_tenant.setdefault(rule.tenant, []).append(rule)
+        self._enforcers: dict[str, casbin.Enforcer] = {}
+        self._role_decision = lru_cache(maxsize=262_144)(self._evaluate_role)
+
+    def enforcer(self, tenant: str) -> casbin.Enforcer:
+        """The casbin enforcer for one tenant domain (tenants without lines of their own share one)."""
+        scope = tenant if tenant in self._by_tenant and tenant != "*" else "*"
+        enforcer = self._enforcers.get(scope)
+        if enforcer is None:
+            model = casbin.Model()
+            model.load_model_from_text(self.bundle.model_text)
+            enforcer = casbin.Enforcer(model)
+            enforcer.enable_auto_save(False)
+            rules = self._by_tenant.get("*", []) + (self._by_tenant.get(scope, []) if scope != "*" else [])
+            if rules:
+                enforcer.add_policies([[r.role, r.tenant, r.resource, r.verb, r.effect] for r in rules])
+            self._enforcers[scope] = enforcer
+        return enforcer
 
     def _evaluate_role(self, role: str, tenant: str, resource: str, verb: str) -> RoleDecision:
         # casbin decides; the bundle's lines (same matcher) say which rule it was, for explanations.
-        allowed = bool(self.enforcer.enforce(role, tenant, resource, verb))
+        allowed = bool(self.enforcer(tenant).enforce(role, tenant, resource, verb))
         wanted = "allow" if allowed else "deny"
         for scope in (tenant, "*"):
             for rule in self._index.get((role, scope, resource), ()):
