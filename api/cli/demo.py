@@ -96,7 +96,10 @@ def run_demo(home: Path | None, console: Console) -> int:
         ("people and roles", _people),
         ("backends in UAE regions", _backends),
         ("dataset and consent records", _data),
-        ("model artifact and version", _model),
+        ("model artifact, version, signature", _model),
+        ("residency: personal data and Bahrain", _residency),
+        ("erasure of a data subject", _erasure),
+        ("policy test cases", _policy_cases),
         ("denials (RBAC, tenants, input)", _denials),
         ("a failing backend leaves nothing behind", _failure),
         ("audit: verify, export, offline check", _audit),
@@ -175,7 +178,16 @@ def _backends(demo: Demo, settings: Settings) -> None:
         "succeeded",
         "cost",
     )
-    demo.note("backends", "uae-store (local, AWS me-central-1), rate-card (cost model)")
+    demo.expect(
+        demo.act(
+            "admin",
+            "backend.register",
+            {"name": "bahrain-store", "kind": "storage", "plugin": "local", "region": "me-south-1"},
+        ),
+        "succeeded",
+        "bh",
+    )
+    demo.note("backends", "uae-store (local, AWS me-central-1), bahrain-store (AWS me-south-1), rate-card (cost)")
 
 
 def _data(demo: Demo, settings: Settings) -> None:
@@ -236,30 +248,30 @@ def _data(demo: Demo, settings: Settings) -> None:
 
 
 def _model(demo: Demo, settings: Settings) -> None:
+    import json
+
     from sqlalchemy import select
 
+    from falaj.core.artifacts import put_folder
     from falaj.core.domain import Backend
 
     with demo.plane.sessions() as session:
         row = session.scalars(select(Backend).where(Backend.name == "uae-store")).one()
         store = demo.plane.backend_instance(TENANT, row)
-    artifact = b'{"format": "falaj-demo-scorecard/v1", "weights": {"tenure_months": -0.03, "age": 0.01}}'
-    info = store.put(io.BytesIO(artifact), tenant=TENANT)
+    folder = settings.home / "churn-model"
+    folder.mkdir()
+    scorecard = {"format": "falaj-demo-scorecard/v1", "weights": {"tenure_months": -0.03, "age": 0.01}}
+    (folder / "model.json").write_text(json.dumps(scorecard))
+    (folder / "config.json").write_text(json.dumps({"inputs": ["age", "tenure_months"], "threshold": 0.5}))
+    digest, _ = put_folder(store, TENANT, folder)
     demo.expect(
-        demo.act("layla", "model.register", {"name": "churn", "description": "Retail churn"}),
-        "succeeded",
-        "model",
+        demo.act("layla", "model.register", {"name": "churn", "description": "Retail churn"}), "succeeded", "model"
     )
     version = demo.expect(
         demo.act(
             "layla",
             "model_version.register",
-            {
-                "model": "churn",
-                "storage_backend": "uae-store",
-                "artifact_digest": info.digest,
-                "metrics": {"auc": 0.81},
-            },
+            {"model": "churn", "storage_backend": "uae-store", "artifact_digest": digest, "metrics": {"auc": 0.81}},
         ),
         "succeeded",
         "version",
@@ -269,7 +281,103 @@ def _model(demo: Demo, settings: Settings) -> None:
         "succeeded",
         "alias",
     )
-    demo.note("model", f"churn v{version.data['version']} artifact {info.digest[:19]}… alias candidate")
+    key = demo.expect(
+        demo.act("admin", "signing_key.create", {"key_name": "release", "owner": "ML release team"}), "succeeded", "key"
+    )
+    demo.expect(
+        demo.act("layla", "artifact.sign", {"model": "churn", "version": 1, "key_id": key.data["key_id"]}),
+        "succeeded",
+        "sign",
+    )
+    demo.note(
+        "model",
+        f"churn v{version.data['version']} (artifact {digest[:19]}…), alias candidate, signed with "
+        f"{key.data['key_id'][:22]}… (sigstore bundle v0.3, in-toto statement)",
+    )
+    out = settings.home / "churn-v1-export"
+    export = demo.expect(
+        demo.act("aisha", "model_version.export", {"model": "churn", "version": 1, "destination": str(out)}),
+        "succeeded",
+        "export",
+    )
+    sig = export.data["signatures"][0]
+    cli = Path(sys.executable).parent / "model_signing"
+    proc = subprocess.run(
+        [
+            str(cli) if cli.exists() else "model_signing",
+            "verify",
+            "key",
+            "model",
+            "--signature",
+            sig["bundle"],
+            "--public_key",
+            sig["public_key"],
+        ],
+        cwd=out,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"upstream model_signing verify failed: {proc.stdout}{proc.stderr}")
+    demo.note(
+        "signature",
+        f"exported to {out.name}/ and checked by upstream `model_signing verify key`: {proc.stdout.strip() or 'ok'}",
+    )
+
+
+def _residency(demo: Demo, settings: Settings) -> None:
+    data = _customers(40, seed=11)
+    path = settings.home / "branch-customers.csv"
+    path.write_bytes(data)
+    payload = {
+        "name": "branch-customers",
+        "classification": "personal",
+        "residency": "AE",
+        "legal_basis": "consent",
+        "uri": path.as_uri(),
+        "subject_column": "customer_id",
+        "storage_backend": "bahrain-store",
+    }
+    denied = demo.expect(demo.act("omar", "dataset.register", payload), "denied", "residency")
+    reason = next(c.reason for c in denied.decision.failures if c.check == "residency")
+    demo.note("denied", f"personal data stored in Bahrain: {reason}")
+    demo.expect(
+        demo.act(
+            "omar",
+            "transfer_basis.record",
+            {"destination_country": "BH", "basis": "contract", "evidence": {"contract": "DPA-2026-017"}},
+        ),
+        "succeeded",
+        "basis",
+    )
+    demo.expect(demo.act("omar", "dataset.register", payload), "succeeded", "residency with basis")
+    demo.note("residency", "after a contract basis was recorded (PDPL Art. 23) the same registration is allowed")
+
+
+def _erasure(demo: Demo, settings: Settings) -> None:
+    request = demo.expect(demo.act("omar", "erasure.request", {"subject_id": "C00007"}), "succeeded", "erasure")
+    done = demo.expect(
+        demo.act("omar", "erasure.execute", {"request_id": request.data["request_id"]}), "succeeded", "erasure execute"
+    )
+    rows = sum(d["rows_removed"] for d in done.data["datasets"])
+    demo.note(
+        "erasure",
+        f"subject C00007 erased from {len(done.data['datasets'])} dataset(s) ({rows} row), verified (PDPL Art. 15)",
+    )
+
+
+def _policy_cases(demo: Demo, settings: Settings) -> None:
+    from falaj.core.policy.bundle import default_policy_dir
+    from falaj.core.policy.testing import run_all
+
+    results = run_all(demo.plane.bundle, default_policy_dir() / "tests")
+    passed = sum(r.passed for r in results)
+    if passed != len(results):
+        raise RuntimeError("policy cases failed: " + "; ".join(r.name for r in results if not r.passed))
+    demo.note(
+        "policy",
+        f"falaj policy test: {passed} passed, {len(results) - passed} failed (bundle {demo.plane.bundle.digest[:19]}…)",
+    )
 
 
 def _denials(demo: Demo, settings: Settings) -> None:
