@@ -57,6 +57,7 @@ from falaj.core.tokens import secret_matches, split_token
 
 log = logging.getLogger(__name__)
 _AFTER_COMMIT = "falaj.after_commit"
+NO_ROLES: frozenset[str] = frozenset()
 
 #: Payload fields that name the resource an action targets, in order of preference.
 _RESOURCE_FIELDS = (
@@ -398,7 +399,7 @@ class ControlPlane:
             return ev
         ev.tenant = tenant
 
-        principal, auth_check = self._authenticate(conn, action.principal, touch=not dry_run)
+        principal, roles, auth_check = self._authenticate(conn, action.principal, tenant.id, touch=not dry_run)
         checks.append(auth_check)
         if principal is None:
             return ev
@@ -417,7 +418,6 @@ class ControlPlane:
         ev.resource = _resource(kind, payload)
         checks.append(CheckResult.passed("payload", f"valid {PAYLOADS[kind].__name__}"))
 
-        roles = frozenset(conn.execute(_ROLES, {"pid": principal.id, "tid": tenant.id}).scalars())
         rbac = authorizer.check(roles, tenant.slug, kind.resource_type, kind.verb)
         if rbac.outcome is CheckOutcome.FAIL and principal.tenant_id != tenant.id:
             rbac = CheckResult.failed(
@@ -461,29 +461,45 @@ class ControlPlane:
         return ev
 
     def _authenticate(
-        self, conn: Connection, credential: TokenCredential | PrincipalRef, *, touch: bool = True
-    ) -> tuple[PrincipalView | None, CheckResult]:
+        self, conn: Connection, credential: TokenCredential | PrincipalRef, tenant_id: str, *, touch: bool = True
+    ) -> tuple[PrincipalView | None, frozenset[str], CheckResult]:
+        """Who is acting, and their roles in the action's tenant (one query: a row per role)."""
         now = datetime.now(UTC)
         row: Any
+        rows: list[Any]
         if isinstance(credential, TokenCredential):
             parts = split_token(credential.token) if isinstance(credential.token, str) else None
             if parts is None:
-                return None, CheckResult.failed("authenticate", "malformed API token (expected flj_<id>_<secret>)")
-            row = conn.execute(_TOKEN_BY_PREFIX, {"prefix": parts[0]}).first()
+                return (
+                    None,
+                    NO_ROLES,
+                    CheckResult.failed("authenticate", "malformed API token (expected flj_<id>_<secret>)"),
+                )
+            rows = conn.execute(_TOKEN_BY_PREFIX, {"prefix": parts[0], "tid": tenant_id}).all()
+            row = rows[0] if rows else None
             if row is None or not secret_matches(parts[1], row.secret_hash):
-                return None, CheckResult.failed("authenticate", "unknown API token")
+                return None, NO_ROLES, CheckResult.failed("authenticate", "unknown API token")
             if row.revoked_at is not None:
-                return None, CheckResult.failed("authenticate", f"API token {parts[0]} was revoked")
+                return None, NO_ROLES, CheckResult.failed("authenticate", f"API token {parts[0]} was revoked")
             if row.expires_at is not None and row.expires_at <= now:
-                return None, CheckResult.failed("authenticate", f"API token {parts[0]} has expired")
+                return None, NO_ROLES, CheckResult.failed("authenticate", f"API token {parts[0]} has expired")
             if touch and (row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60):
                 conn.execute(_TOUCH_TOKEN, {"token_id": row.token_id, "now": now})
         elif isinstance(credential, PrincipalRef):
-            row = conn.execute(_PRINCIPAL_BY_ID, {"pid": credential.principal_id}).first()
+            rows = conn.execute(_PRINCIPAL_BY_ID, {"pid": credential.principal_id, "tid": tenant_id}).all()
+            row = rows[0] if rows else None
             if row is None:
-                return None, CheckResult.failed("authenticate", f"unknown principal {credential.principal_id!r}")
+                return (
+                    None,
+                    NO_ROLES,
+                    CheckResult.failed("authenticate", f"unknown principal {credential.principal_id!r}"),
+                )
         else:
-            return None, CheckResult.failed("authenticate", f"unsupported credential {type(credential).__name__}")
+            return (
+                None,
+                NO_ROLES,
+                CheckResult.failed("authenticate", f"unsupported credential {type(credential).__name__}"),
+            )
         principal = PrincipalView(
             id=row.principal_id,
             name=row.name,
@@ -492,8 +508,9 @@ class ControlPlane:
             label=f"{row.home}/{row.name}",
         )
         if row.disabled:
-            return None, CheckResult.failed("authenticate", f"principal {principal.label} is disabled")
-        return principal, CheckResult.passed("authenticate", f"authenticated as {principal.label}")
+            return None, NO_ROLES, CheckResult.failed("authenticate", f"principal {principal.label} is disabled")
+        roles = frozenset(r.role for r in rows if r.role is not None)
+        return principal, roles, CheckResult.passed("authenticate", f"authenticated as {principal.label}")
 
     def _target_backend(
         self, session: Session, tenant: TenantView, payload: Payload, checks: list[CheckResult]
@@ -579,8 +596,9 @@ def _label(credential: object) -> str:
 
 
 def _resource(kind: ActionKind, payload: Payload) -> str:
+    fields = payload.__dict__  # a pydantic model's values; getattr on a missing name raises, slowly
     for name in _RESOURCE_FIELDS:
-        value = getattr(payload, name, None)
+        value = fields.get(name)
         if isinstance(value, str) and value:
             return f"{kind.resource_type}/{value}"
     return kind.resource_type
@@ -626,6 +644,9 @@ def payload_sha256(kind: object, payload: object) -> str:
 _TENANT_BY_SLUG = select(Tenant.id, Tenant.slug, Tenant.ruleset, Tenant.disabled).where(
     Tenant.slug == bindparam("slug")
 )
+# The principal's roles in the action's tenant come along with the principal, a row per role.
+_ROLE_IN_TENANT = RoleAssignment
+_ROLE_IN_TENANT_ON = (RoleAssignment.principal_id == Principal.id) & (RoleAssignment.tenant_id == bindparam("tid"))
 _TOKEN_BY_PREFIX = (
     select(
         ApiToken.id.label("token_id"),
@@ -639,9 +660,11 @@ _TOKEN_BY_PREFIX = (
         Principal.disabled,
         Principal.tenant_id,
         Tenant.slug.label("home"),
+        RoleAssignment.role,
     )
     .join(Principal, ApiToken.principal_id == Principal.id)
     .join(Tenant, Principal.tenant_id == Tenant.id)
+    .outerjoin(_ROLE_IN_TENANT, _ROLE_IN_TENANT_ON)
     .where(ApiToken.prefix == bindparam("prefix"))
 )
 _PRINCIPAL_BY_ID = (
@@ -652,14 +675,13 @@ _PRINCIPAL_BY_ID = (
         Principal.disabled,
         Principal.tenant_id,
         Tenant.slug.label("home"),
+        RoleAssignment.role,
     )
     .join(Tenant, Principal.tenant_id == Tenant.id)
+    .outerjoin(_ROLE_IN_TENANT, _ROLE_IN_TENANT_ON)
     .where(Principal.id == bindparam("pid"))
 )
 _TOUCH_TOKEN = update(ApiToken).where(ApiToken.id == bindparam("token_id")).values(last_used_at=bindparam("now"))
-_ROLES = select(RoleAssignment.role).where(
-    RoleAssignment.principal_id == bindparam("pid"), RoleAssignment.tenant_id == bindparam("tid")
-)
 _ACTIVE_BUNDLE = (
     select(PolicyBundleRecord.digest, PolicyBundleRecord.files)
     .where(PolicyBundleRecord.activated_at.is_not(None))
