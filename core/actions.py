@@ -230,9 +230,15 @@ class ModelAliasSet(Payload):
 
 
 class ArtifactSign(Payload):
+    """Sign a model version with a Falaj-held key (``key_id``), or keyless with Sigstore (``key_id =
+    "sigstore"`` and an OIDC ``identity_token``; never stored or audited, only its digest)."""
+
     model: Name
     version: int = Field(ge=1)
     key_id: Annotated[str, StringConstraints(min_length=1, max_length=71)]
+    identity_token: Annotated[str, StringConstraints(min_length=20, max_length=8192)] | None = Field(
+        default=None, repr=False
+    )
 
 
 class ArtifactRef(Payload):

@@ -183,6 +183,35 @@ class ControlPlane:
         files = {name: text.encode("utf-8") for name, text in row.files.items()}
         self.use_bundle(parse_bundle(files, f"database ({row.digest[:19]})"))
 
+    def verify_keyless(
+        self,
+        session: Session,
+        tenant: str,
+        version: ModelVersion,
+        bundle: dict[str, Any],
+        identities: frozenset[tuple[str, str]],
+    ) -> str | None:
+        """Check a Sigstore keyless bundle for any trusted identity, on the artifact copied out of the store."""
+        import tempfile
+        from pathlib import Path
+
+        from falaj.core import signing
+        from falaj.core.artifacts import materialize
+
+        if not identities:
+            return "no keyless identity is trusted for this tenant"
+        backend = session.get(Backend, version.storage_backend_id)
+        if backend is None:
+            return "the artifact's storage backend is gone"
+        try:
+            store = self.backend_instance(tenant, backend)
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = materialize(store, tenant, version.artifact_digest, Path(tmp) / "model")
+                problems = [signing.verify_folder_keyless(folder, bundle, i, iss) for i, iss in sorted(identities)]
+        except FalajError as exc:
+            return str(exc)
+        return None if None in problems else "; ".join(p for p in problems if p)
+
     def verify_signature(
         self, session: Session, tenant: str, version: ModelVersion, bundle: dict[str, Any], public_pem: str
     ) -> str | None:

@@ -131,3 +131,46 @@ def verify_folder(folder: Path, bundle_path: Path, public_key_path: Path) -> Non
 
     config = model_signing.verifying.Config()  # type: ignore[no-untyped-call]
     config.use_elliptic_key_verifier(public_key=public_key_path).verify(folder, bundle_path)
+
+
+SIGSTORE = "sigstore"
+
+
+def sign_folder_keyless(folder: Path, identity_token: str) -> dict[str, Any]:
+    """Sign with Sigstore keyless (Fulcio certificate for the token's identity, logged in Rekor).
+
+    Needs network access to Sigstore's public good instance; raises ``SigstoreUnavailable`` otherwise.
+    """
+    import model_signing
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle_path = Path(tmp) / "model.sig"
+        try:
+            config = model_signing.signing.Config()  # type: ignore[no-untyped-call]
+            config.use_sigstore_signer(identity_token=identity_token).sign(folder, bundle_path)
+        except Exception as exc:
+            raise SigstoreUnavailable(
+                f"Sigstore keyless signing failed (it needs network access to Sigstore's "
+                f"Fulcio and Rekor): {type(exc).__name__}: {exc}"
+            ) from exc
+        result: dict[str, Any] = json.loads(bundle_path.read_text("utf-8"))
+        return result
+
+
+def verify_folder_keyless(folder: Path, bundle: dict[str, Any], identity: str, issuer: str) -> str | None:
+    """model-signing's Sigstore verification for a trusted identity; None if it verifies."""
+    import model_signing
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle_path = Path(tmp) / "model.sig"
+        bundle_path.write_text(json.dumps(bundle), "utf-8")
+        try:
+            config = model_signing.verifying.Config()  # type: ignore[no-untyped-call]
+            config.use_sigstore_verifier(identity=identity, oidc_issuer=issuer).verify(folder, bundle_path)
+        except Exception as exc:
+            return f"Sigstore verification failed: {type(exc).__name__}: {exc}"
+    return None
+
+
+class SigstoreUnavailable(ValidationError):
+    """Keyless signing or verification could not reach Sigstore."""

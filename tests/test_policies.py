@@ -482,3 +482,61 @@ def test_rollout_reruns_as_the_requester_principal(lifecycle, tmp_path):
         eng = s.scalar(select(Principal).where(Principal.name == "eng"))
     again = w.plane.execute(Action("deployment.rollout", "operator", PrincipalRef(eng.id), {"name": "churn-prod"}))
     assert again.outcome == "denied" and "disabled" in again.message()
+
+
+def test_sigstore_keyless_needs_configuration(lifecycle, tmp_path):
+    w = lifecycle
+    signed_version(w, tmp_path, sign=False)
+    r = w.act(
+        "artifact.sign", {"model": "churn", "version": 1, "key_id": "sigstore", "identity_token": "x" * 40}, as_="eng"
+    )
+    assert r.outcome == "failed" and "keyless signing is not configured" in r.error
+
+
+def test_sigstore_keyless_signing_fails_cleanly_without_network(tmp_path, database_url):
+    """Configured keyless signing reaches model-signing's Sigstore signer; with no network here it fails,
+    says why, and writes no signature."""
+    from falaj.core.domain import ModelSignature
+    from falaj.core.plugin import create_plugin_manager
+    from tests.conftest import make_world
+    from tests.test_policy_bundle import bundle_copy
+
+    folder = bundle_copy(tmp_path)
+    (folder / "signers.toml").write_text(
+        '[default]\ntrust = "registered"\nrequire_signature = true\n'
+        'keyless = [{ identity = "release@bank.ae", issuer = "https://accounts.google.com" }]\n'
+    )
+    from falaj.core.policy import load_bundle
+
+    bundle = load_bundle(folder)
+    assert bundle.signers.keyless == frozenset({("release@bank.ae", "https://accounts.google.com")})
+    w = make_world(tmp_path, database_url, registry=create_plugin_manager(load_entrypoints=False), bundle=bundle)
+    try:
+        w.principal("eng", ["ml-engineer"])
+        assert w.act(
+            "backend.register", {"name": "store-ae", "kind": "storage", "plugin": "local", "region": "me-central-1"}
+        ).ok
+        signed_version(w, tmp_path, sign=False)
+        no_token = w.act("artifact.sign", {"model": "churn", "version": 1, "key_id": "sigstore"}, as_="eng")
+        assert no_token.outcome == "failed" and "needs an identity_token" in no_token.error
+        token = "eyJhbGciOiJSUzI1NiJ9." + "e30" * 10 + ".c2ln"
+        r = w.act(
+            "artifact.sign", {"model": "churn", "version": 1, "key_id": "sigstore", "identity_token": token}, as_="eng"
+        )
+        assert r.outcome == "failed" and "Sigstore keyless signing failed" in r.error
+        with w.plane.sessions() as s:
+            assert s.scalar(select(ModelSignature)) is None
+            events = s.scalars(select(AuditEvent).where(AuditEvent.action == "artifact.sign")).all()
+            assert token not in "".join(e.reasons for e in events)
+    finally:
+        w.plane.close()
+
+
+def test_keyless_entries_are_validated(tmp_path):
+    from falaj.core.policy import PolicyError, load_bundle
+    from tests.test_policy_bundle import bundle_copy
+
+    folder = bundle_copy(tmp_path)
+    (folder / "signers.toml").write_text('[default]\nkeyless = [{ identity = "x@y" }]\n')
+    with pytest.raises(PolicyError, match="issuer = 'https://...'"):
+        load_bundle(folder)

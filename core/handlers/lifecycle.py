@@ -144,6 +144,8 @@ def sign_artifact(ctx: HandlerContext) -> Outcome:
     mv = model_version(ctx.session, ctx.tenant.id, p.model, p.version)
     if mv is None:
         raise NotFoundError(f"model {p.model!r} has no version {p.version}")
+    if p.key_id == signing.SIGSTORE:
+        return _sign_keyless(ctx, p, mv)
     key = ctx.session.scalar(
         select(SigningKey).where(SigningKey.tenant_id == ctx.tenant.id, SigningKey.key_id == p.key_id)
     )
@@ -176,6 +178,30 @@ def sign_artifact(ctx: HandlerContext) -> Outcome:
         )
     mv.signature_bundle, mv.signer = bundle, key.key_id
     return Outcome({"model": p.model, "version": p.version, "key_id": key.key_id, "signer": key.owner})
+
+
+def _sign_keyless(ctx: HandlerContext, p: ArtifactSign, mv: Any) -> Outcome:
+    from falaj.core import signing
+
+    policy = ctx.plane.bundle.signer_policy(ctx.tenant.slug)
+    if not policy.keyless:
+        raise ValidationError(
+            f"Sigstore keyless signing is not configured for tenant {ctx.tenant.slug!r}: add trusted identities "
+            "(keyless = [{identity, issuer}]) to signers.toml"
+        )
+    if not p.identity_token:
+        raise ValidationError("Sigstore keyless signing needs an identity_token (an OIDC token for the signer)")
+    backend = ctx.session.get(Backend, mv.storage_backend_id)
+    assert backend is not None
+    store = ctx.plane.backend_instance(ctx.tenant.slug, backend)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = materialize(store, ctx.tenant.slug, mv.artifact_digest, Path(tmp) / "model")
+        bundle = signing.sign_folder_keyless(folder, p.identity_token)
+    ctx.session.add(
+        ModelSignature(model_version_id=mv.id, key_id=signing.SIGSTORE, bundle=bundle, signed_by=ctx.principal.label)
+    )
+    mv.signature_bundle, mv.signer = bundle, signing.SIGSTORE
+    return Outcome({"model": p.model, "version": p.version, "key_id": signing.SIGSTORE})
 
 
 @handles(ActionKind.MODEL_VERSION_EXPORT)

@@ -93,6 +93,8 @@ class SignerPolicy:
     trust: str  # registered | listed
     require_signature: bool
     keys: frozenset[str] = frozenset()
+    # Sigstore keyless signers trusted by identity: (identity, OIDC issuer). Needs network access.
+    keyless: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -382,7 +384,23 @@ def _signer_policy(entry: dict[str, Any], default: SignerPolicy | None, text: st
     keys = entry.get("keys", [])
     if trust == "listed" and not keys:
         raise PolicyError(SIGNERS_FILE, _line_of(text, where), f"{where}: trust = 'listed' needs keys = [...]")
-    return SignerPolicy(trust, require, frozenset(keys))
+    keyless = entry.get("keyless", [])
+    identities = set()
+    for item in keyless if isinstance(keyless, list) else [None]:
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("identity"), str)
+            or not str(item.get("issuer", "")).startswith("https://")
+        ):
+            raise PolicyError(
+                SIGNERS_FILE,
+                _line_of(text, "keyless"),
+                f"{where}: keyless entries need identity = '...' and issuer = 'https://...'",
+            )
+        identities.add((item["identity"], item["issuer"]))
+    return SignerPolicy(
+        trust, require, frozenset(keys), frozenset(identities) or (default.keyless if default else frozenset())
+    )
 
 
 def _parse_signers(text: str, data: dict[str, Any]) -> tuple[SignerPolicy, dict[str, SignerPolicy]]:

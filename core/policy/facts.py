@@ -257,6 +257,10 @@ class FactLoader:
                 continue
             entries = []
             for sig in session.scalars(select(ModelSignature).where(ModelSignature.model_version_id == mv.id)):
+                if sig.key_id == "sigstore":
+                    problem = self.plane.verify_keyless(session, tenant.slug, mv, sig.bundle, policy.keyless)
+                    entries.append((sig.key_id, problem is None, bool(policy.keyless), False))
+                    continue
                 key = session.scalar(
                     select(SigningKey).where(SigningKey.tenant_id == tenant.id, SigningKey.key_id == sig.key_id)
                 )
