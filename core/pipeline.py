@@ -11,6 +11,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -495,7 +496,7 @@ class ControlPlane:
         """Who is acting, and their roles in the action's tenant (one query: a row per role)."""
         now = datetime.now(UTC)
         row: Any
-        rows: list[Any]
+        rows: Sequence[Any]
         if isinstance(credential, TokenCredential):
             parts = split_token(credential.token) if isinstance(credential.token, str) else None
             if parts is None:
