@@ -119,7 +119,7 @@ def run(kind: str, n: int) -> dict[str, object]:
         export = Path(tmp) / "export"
         plane.audit.export(plane.engine, export)
         t0 = time.perf_counter()
-        offline_report = verify_export(export)
+        offline_report = verify_export(export, signer.public_pem())
         offline = time.perf_counter() - t0
         assert offline_report.ok
         plane.close()

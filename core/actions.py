@@ -31,7 +31,7 @@ Environment = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,31}$"
 class Payload(BaseModel):
     """Base of every payload: unknown fields are refused, strings are not coerced from numbers."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, allow_inf_nan=False)
 
 
 class Empty(Payload):
@@ -104,7 +104,7 @@ class DatasetRegister(Payload):
     digest: Digest | None = None
     subject_column: Name | None = None
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class DatasetRetire(Payload):
@@ -161,9 +161,11 @@ class SigningKeyCreate(Payload):
 
 
 class ModelVersionExport(Payload):
+    """``destination`` names a new folder under ``FALAJ_HOME/exports/<tenant>/`` (a name, not a path)."""
+
     model: Name
     version: int = Field(ge=1)
-    destination: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    destination: Name
 
 
 class ErasureRequestPayload(Payload):
@@ -329,7 +331,9 @@ class ReportExport(Payload):
 
 
 class AuditExport(Payload):
-    destination: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    """``destination`` names a new folder under ``FALAJ_HOME/exports/<tenant>/`` (a name, not a path)."""
+
+    destination: Name
 
 
 class ActionKind(enum.StrEnum):
@@ -453,8 +457,15 @@ class TokenCredential:
 
     def describe(self) -> str:
         # Only the public prefix may appear in logs and audit events.
-        parts = self.token.split("_", 2)
-        return f"token:{parts[1]}" if len(parts) == 3 and parts[0] == "flj" else "token:<malformed>"
+        parts = self.token.split("_", 2) if isinstance(self.token, str) else []
+        if (
+            len(parts) == 3
+            and parts[0] == "flj"
+            and len(parts[1]) == 12
+            and all(c in "0123456789abcdef" for c in parts[1])
+        ):
+            return f"token:{parts[1]}"
+        return "token:<malformed>"
 
 
 @dataclass(frozen=True, slots=True)

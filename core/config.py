@@ -59,3 +59,13 @@ class Settings:
     @property
     def artifacts_dir(self) -> Path:
         return self.home / "artifacts"
+
+    @property
+    def data_dir(self) -> Path:
+        """Local dataset files live under ``data/<tenant>/``; the control plane reads nothing else."""
+        return self.home / "data"
+
+    @property
+    def exports_dir(self) -> Path:
+        """Exports (audit log, model versions) are written under ``exports/<tenant>/``."""
+        return self.home / "exports"

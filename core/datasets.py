@@ -20,13 +20,23 @@ from falaj.core.errors import ValidationError
 MAX_SUBJECT_ID = 200
 
 
-def local_path(uri: str) -> Path | None:
+def local_path(uri: str, root: Path) -> Path | None:
+    """The file a local URI names, which must lie under ``root`` (the tenant's data folder); None if remote.
+
+    A URI outside the tenant's folder is refused, so no action can make the control plane read or rewrite
+    another tenant's data or any other file of the host.
+    """
     parsed = urlparse(uri)
     if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    if parsed.scheme == "" and uri.startswith("/"):
-        return Path(uri)
-    return None
+        path = Path(unquote(parsed.path))
+    elif parsed.scheme == "" and uri.startswith("/"):
+        path = Path(uri)
+    else:
+        return None
+    resolved, base = path.resolve(), root.resolve()
+    if base != resolved and base not in resolved.parents:
+        raise ValidationError(f"local dataset files must be under {base}; {uri} is not")
+    return resolved
 
 
 def file_digest(path: Path) -> str:
@@ -35,6 +45,11 @@ def file_digest(path: Path) -> str:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
     return "sha256:" + h.hexdigest()
+
+
+def _check_digest(path: Path, expected_digest: str | None) -> None:
+    if expected_digest is not None and file_digest(path) != expected_digest:
+        raise ValidationError(f"dataset file {path.name} does not match its registered digest {expected_digest}")
 
 
 def _rows(path: Path, subject_column: str) -> tuple[list[str], Iterable[list[str]], int]:
@@ -47,19 +62,18 @@ def _rows(path: Path, subject_column: str) -> tuple[list[str], Iterable[list[str
         raise ValidationError(f"{path} is empty") from None
     if subject_column not in header:
         fh.close()
-        raise ValidationError(f"subject column {subject_column!r} is not in {path.name} (columns: {header})")
+        raise ValidationError(f"subject column {subject_column!r} is not in the header of {path.name}")
     return header, reader, header.index(subject_column)
 
 
-def read_subjects(uri: str, subject_column: str, expected_digest: str | None) -> set[str]:
+def read_subjects(uri: str, subject_column: str, expected_digest: str | None, root: Path) -> set[str]:
     """Subject ids of a local CSV dataset; checks the digest first when one was given."""
-    path = local_path(uri)
+    path = local_path(uri, root)
     if path is None:
         return set()  # remote data: the storage plugin indexes subjects (not available for this scheme)
     if not path.is_file():
-        raise ValidationError(f"dataset file {path} does not exist")
-    if expected_digest is not None and file_digest(path) != expected_digest:
-        raise ValidationError(f"dataset file {path} does not match digest {expected_digest}")
+        raise ValidationError(f"dataset file {path.name} does not exist")
+    _check_digest(path, expected_digest)
     if path.suffix.lower() != ".csv":
         return set()
     _, rows, index = _rows(path, subject_column)
@@ -71,11 +85,17 @@ def read_subjects(uri: str, subject_column: str, expected_digest: str | None) ->
     return subjects
 
 
-def write_view(uri: str, subject_column: str, allowed: set[str], destination: Path) -> tuple[Path, int, int]:
-    """Copy the rows of allowed subjects to ``destination``; returns (path, rows kept, rows dropped)."""
-    source = local_path(uri)
+def write_view(
+    uri: str, subject_column: str, allowed: set[str], destination: Path, root: Path, expected_digest: str | None
+) -> tuple[Path, int, int]:
+    """Copy the rows of allowed subjects to ``destination``; returns (path, rows kept, rows dropped).
+
+    The source is checked against its registered digest first, so the view is of the registered bytes.
+    """
+    source = local_path(uri, root)
     if source is None:
         raise ValidationError(f"cannot build a consent view of {uri}: not a local file")
+    _check_digest(source, expected_digest)
     header, rows, index = _rows(source, subject_column)
     destination.parent.mkdir(parents=True, exist_ok=True)
     kept = dropped = 0
@@ -97,9 +117,9 @@ def write_view(uri: str, subject_column: str, allowed: set[str], destination: Pa
     return destination, kept, dropped
 
 
-def erase_subject(uri: str, subject_column: str, subject_id: str) -> tuple[str, int]:
-    """Rewrite a local CSV dataset without ``subject_id``; returns (new digest, rows removed)."""
-    path = local_path(uri)
+def erase_subject(uri: str, subject_column: str, subject_id: str, root: Path) -> tuple[str, int]:
+    """Rewrite a local CSV file without ``subject_id``; returns (new digest, rows removed)."""
+    path = local_path(uri, root)
     if path is None or not path.is_file():
         raise ValidationError(f"cannot erase from {uri}: not a local file")
     header, rows, index = _rows(path, subject_column)

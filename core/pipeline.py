@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from falaj.core.actions import (
@@ -59,6 +59,8 @@ from falaj.core.tokens import secret_matches, split_token
 log = logging.getLogger(__name__)
 _AFTER_COMMIT = "falaj.after_commit"
 NO_ROLES: frozenset[str] = frozenset()
+#: Payload fields that plugins never see (they are secrets for the handler alone).
+_SECRET_FIELDS = {"identity_token"}
 
 #: Payload fields that name the resource an action targets, in order of preference.
 _RESOURCE_FIELDS = (
@@ -68,7 +70,6 @@ _RESOURCE_FIELDS = (
     "key_id",
     "request_id",
     "run_id",
-    "subject_id",
     "deployment",
     "model",
     "feature_view",
@@ -211,6 +212,8 @@ class ControlPlane:
                 problems = [signing.verify_folder_keyless(folder, bundle, i, iss) for i, iss in sorted(identities)]
         except FalajError as exc:
             return str(exc)
+        except Exception as exc:
+            return f"the artifact could not be read: {type(exc).__name__}: {exc}"
         return None if None in problems else "; ".join(p for p in problems if p)
 
     def verify_signature(
@@ -234,6 +237,8 @@ class ControlPlane:
             check_files(store, tenant, manifest)
         except FalajError as exc:
             return str(exc)
+        except Exception as exc:  # a plugin store failing in its own way: the signature cannot be shown valid
+            return f"the artifact could not be read: {type(exc).__name__}: {exc}"
         key = (version.artifact_digest, sha256_digest(bundle), public_pem)
         if key not in self._signature_cache:
             self._signature_cache[key] = signing.verify_against_manifest(bundle, public_pem.encode("utf-8"), manifest)
@@ -248,7 +253,13 @@ class ControlPlane:
         self.sync_bundle()
         bundle, authorizer = self._bundle, self.authorizer
         operation_id = new_id()
-        payload_digest = payload_sha256(action.kind, action.payload)
+        try:
+            payload_digest = payload_sha256(action.kind, action.payload)
+        except Exception:  # e.g. a lone surrogate that no encoding accepts: still decided and audited
+            payload_digest = (
+                "sha256:"
+                + hashlib.sha256(repr((action.kind, action.payload)).encode("utf-8", "backslashreplace")).hexdigest()
+            )
         session = self.sessions()
         try:
             ev = self._evaluate(session, action, bundle, authorizer)
@@ -281,10 +292,18 @@ class ControlPlane:
             self.audit.discard_pending(session)
             session.close()
             raise
-        self.audit.after_commit(session)
-        for callback in session.info.pop(_AFTER_COMMIT, []):
-            callback()
-        session.close()
+        callbacks = session.info.pop(_AFTER_COMMIT, [])
+        try:
+            self.audit.after_commit(session)
+        finally:
+            session.close()
+        for callback in callbacks:
+            # The action is committed; what it triggers (a rollout after a quorum) is its own action, audited
+            # on its own. Its failure must not turn this one into an exception.
+            try:
+                callback()
+            except Exception:
+                log.exception("follow-up of %s failed", action.kind)
         self.registry.notify(
             "falaj_after_action",
             kind=action.kind,
@@ -482,7 +501,7 @@ class ControlPlane:
             principal_kind=principal.kind,
             roles=roles,
             resource=ev.resource,
-            payload=payload.model_dump(mode="json", by_alias=True),
+            payload=payload.model_dump(mode="json", by_alias=True, exclude=_SECRET_FIELDS),
             bundle=bundle,
             backend=backend_config,
             session=session,
@@ -627,6 +646,10 @@ def _label(credential: object) -> str:
 
 def _resource(kind: ActionKind, payload: Payload) -> str:
     fields = payload.__dict__  # a pydantic model's values; getattr on a missing name raises, slowly
+    subject = fields.get("subject_id")
+    if isinstance(subject, str):
+        # Audit events outlive erasure: they name a data subject by a keyed-free hash, never by the id.
+        return f"{kind.resource_type}/subject:{hashlib.sha256(subject.encode('utf-8')).hexdigest()[:16]}"
     for name in _RESOURCE_FIELDS:
         value = fields.get(name)
         if isinstance(value, str) and value:
@@ -654,6 +677,10 @@ def _describe_failure(exc: BaseException) -> tuple[str, str]:
         return str(exc), "backend"
     if isinstance(exc, IntegrityError):
         return "conflicts with existing state (a duplicate or a missing reference)", "conflict"
+    if isinstance(exc, DBAPIError):
+        # The driver's message can quote SQL and stored values; the audit log gets the kind of failure only.
+        log.warning("database error during an action: %s", exc)
+        return f"the database refused the change ({type(exc.orig).__name__ if exc.orig else 'error'})", "internal"
     if isinstance(exc, FalajError):
         return str(exc), "internal"
     return f"backend raised {type(exc).__name__}: {exc}", "backend"

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -152,11 +153,29 @@ def test_forged_checkpoint_signature_is_detected(world):
     assert not report.ok and report.first_bad_seq == 8 and "invalid signature" in report.problem
 
 
-def test_export_verifies_offline_with_only_the_public_key(world, tmp_path):
-    fill(world, 10)
-    out = tmp_path / "export"
-    result = world.act("audit.export", {"destination": str(out)})
+def export(world, name="export"):
+    world.principal("platform-auditor-1", ["platform-auditor"]) if "platform-auditor-1" not in world.tokens else None
+    result = world.act("audit.export", {"destination": name}, as_="platform-auditor-1")
     assert result.ok, result.message()
+    return Path(result.data["destination"])
+
+
+def run_verify(out, key, *extra):
+    args = [
+        sys.executable,
+        "-I",
+        str(out / "verify.py"),
+        str(out),
+        *(["--public-key", str(key)] if key else []),
+        *extra,
+    ]
+    return subprocess.run(args, capture_output=True, text=True)
+
+
+def test_export_verifies_offline_with_only_the_trusted_public_key(world, tmp_path):
+    fill(world, 10)
+    out = export(world)
+    assert out.parent == world.settings.exports_dir / "operator"
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoints.jsonl",
         "events.jsonl",
@@ -164,29 +183,113 @@ def test_export_verifies_offline_with_only_the_public_key(world, tmp_path):
         "public_key.pem",
         "verify.py",
     ]
-    # The shipped verifier runs standalone, outside the falaj package.
-    proc = subprocess.run(
-        [sys.executable, "-I", str(out / "verify.py"), str(out)], capture_output=True, text=True, cwd=tmp_path
-    )
+    key = world.settings.keys_dir / "audit-ed25519.pub.pem"
+    # The shipped verifier runs standalone, outside the falaj package, with the key obtained separately.
+    proc = run_verify(out, key)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.startswith("OK: 13 events")
+    assert proc.stdout.startswith("OK: 15 events")  # 3 bootstrap, 10 budgets, the auditor and its token
+    assert run_verify(out, None).returncode == 2  # no key, no verdict
 
     lines = (out / "events.jsonl").read_text().splitlines()
     event = json.loads(lines[4])
     event["resource"] = "budget/forged"
     lines[4] = json.dumps(event)
     (out / "events.jsonl").write_text("\n".join(lines) + "\n")
-    proc = subprocess.run([sys.executable, "-I", str(out / "verify.py"), str(out)], capture_output=True, text=True)
+    proc = run_verify(out, key)
     assert proc.returncode == 1 and "first bad seq 5" in proc.stdout
-    assert verify_export(out).first_bad_seq == 5
+    assert verify_export(out, key.read_bytes()).first_bad_seq == 5
 
 
-def test_export_refuses_a_non_empty_folder(world, tmp_path):
-    (tmp_path / "x").mkdir()
-    (tmp_path / "x" / "keep.txt").write_text("mine")
-    result = world.act("audit.export", {"destination": str(tmp_path / "x")})
-    assert result.outcome == "failed" and "not empty" in result.error
-    assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+def test_a_rewritten_export_signed_with_another_key_is_refused(world, tmp_path):
+    """Recomputing the chain and re-signing with a new key and shipping that key in the export fails."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from falaj.core.audit.chain import fast_event_hash
+    from falaj.core.audit.verifier import FIELDS, GENESIS, checkpoint_message, manifest_message
+    from falaj.core.keys import AuditSigner
+
+    fill(world, 5)
+    out = export(world)
+    forger = AuditSigner(Ed25519PrivateKey.generate())
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    events[2]["resource"] = "budget/forged"
+    prev = GENESIS
+    for e in events:
+        e["prev_hash"] = prev
+        e["hash"] = prev = fast_event_hash({k: e[k] for k in FIELDS})
+    (out / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    cps = [
+        {
+            "seq": e["seq"],
+            "hash": e["hash"],
+            "ts": e["ts"],
+            "key_id": forger.key_id,
+            "signature": base64.b64encode(forger.sign(checkpoint_message(e["seq"], e["hash"]))).decode(),
+        }
+        for e in events[-1:]
+    ]
+    (out / "checkpoints.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cps))
+    (out / "public_key.pem").write_bytes(forger.public_pem())
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest.update(head_seq=events[-1]["seq"], head_hash=prev, key_id=forger.key_id)
+    import hashlib
+
+    manifest["files"] = {n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in manifest["files"]}
+    manifest["signature"] = base64.b64encode(forger.sign(manifest_message(manifest))).decode()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    # Trusting the key that came with the export would be fooled; the operator's key is not.
+    assert verify_export(out, forger.public_pem()).ok
+    trusted = (world.settings.keys_dir / "audit-ed25519.pub.pem").read_bytes()
+    report = verify_export(out, trusted)
+    assert not report.ok and "not signed by the trusted key" in report.problem
+
+
+def test_cutting_the_unsigned_tail_of_an_export_is_detected(world, tmp_path):
+    fill(world, 12)  # 16 events; the last checkpoint is at 8
+    out = export(world)
+    lines = (out / "events.jsonl").read_text().splitlines()
+    (out / "events.jsonl").write_text("\n".join(lines[:-3]) + "\n")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["head_seq"] -= 3
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    key = (world.settings.keys_dir / "audit-ed25519.pub.pem").read_bytes()
+    report = verify_export(out, key)
+    assert not report.ok and "edited" in report.problem
+
+
+def test_export_names_are_names_not_paths(world, tmp_path):
+    world.principal("pa", ["platform-auditor"])
+    for bad in ("../escape", "/tmp/x", "a/b"):
+        result = world.act("audit.export", {"destination": bad}, as_="pa")
+        assert result.outcome == "denied" and "destination" in result.message()
+    assert export(world, "first").exists()
+    again = world.act("audit.export", {"destination": "first"}, as_="platform-auditor-1")
+    assert again.outcome == "failed" and "already exists" in again.error
+
+
+def test_truncate_and_regrow_is_detected(world):
+    """Cut the chain back behind a checkpoint, then let it grow again: the witness still knows."""
+    fill(world, 10)  # checkpoints at 3 and 8
+    with world.plane.engine.begin() as conn:
+        conn.execute(delete(AuditEvent).where(AuditEvent.seq > 5))
+        conn.execute(delete(AuditCheckpoint).where(AuditCheckpoint.seq > 5))
+        head = conn.execute(select(AuditEvent.hash).where(AuditEvent.seq == 5)).scalar_one()
+        conn.execute(update(AuditHead).values(seq=5, hash=head))
+    fill(world, 6)  # regrows past 8: a new checkpoint at 8 with a different hash
+    report = verify(world)
+    assert not report.ok and report.first_bad_seq == 8 and "two different chain heads" in report.problem
+
+
+def test_a_rewound_head_is_detected(world):
+    fill(world, 4)
+    sql(world, update(AuditHead).values(seq=0, hash="0" * 64))
+    (world.settings.home / "audit" / "checkpoints.jsonl").unlink()
+    with world.plane.engine.begin() as conn:
+        conn.execute(delete(AuditCheckpoint))
+    report = verify(world)
+    assert not report.ok and "beyond the chain head" in report.problem
 
 
 def test_concurrent_writers_never_fork_the_chain(world):

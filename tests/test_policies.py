@@ -41,8 +41,14 @@ def write_customers(path: Path, n: int = 40) -> str:
     return path.as_uri()
 
 
+def data_file(w, name: str) -> Path:
+    folder = w.settings.data_dir / w.tenant
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}.csv"
+
+
 def register_dataset(w, tmp_path: Path, name="customers", classification="personal", n=40, basis="consent"):
-    uri = write_customers(tmp_path / f"{name}.csv", n)
+    uri = write_customers(data_file(w, name), n)
     r = w.act(
         "dataset.register",
         {
@@ -130,6 +136,63 @@ def test_health_data_stays_in_the_uae_unless_an_exception_is_recorded(lifecycle,
     assert w.act("training.submit", dict(job, backend="gpu-ae", name="run-ae"), as_="eng").ok
 
 
+def test_a_record_for_one_source_never_lets_another_source_through(lifecycle, tmp_path):
+    """A health exception for Bahrain on one dataset must not carry personal data of another to Bahrain."""
+    w = lifecycle
+    register_dataset(w, tmp_path, name="customers")
+    register_dataset(w, tmp_path, name="patients", classification="health")
+    consent_all(w)
+    assert w.act(
+        "residency_exception.record",
+        {"destination_country": "BH", "dataset": "patients", "exception": "MoHAP 51/2021: research"},
+        as_="dpo",
+    ).ok
+    mixed = w.act(
+        "training.submit", {"name": "mix", "backend": "gpu-bh", "inputs": ["customers", "patients"]}, as_="eng"
+    )
+    assert mixed.outcome == "denied"
+    assert "personal data from customers v1" in failure(mixed, "residency").reason
+    assert w.act(
+        "transfer_basis.record", {"destination_country": "BH", "basis": "contract", "dataset": "customers"}, as_="dpo"
+    ).ok
+    assert w.act(
+        "training.submit", {"name": "mix", "backend": "gpu-bh", "inputs": ["customers", "patients"]}, as_="eng"
+    ).ok
+
+
+def test_derived_model_inherits_residency_through_lineage(lifecycle, tmp_path):
+    w = lifecycle
+    register_dataset(w, tmp_path)
+    consent_all(w)
+    run = w.act("training.submit", {"name": "r", "backend": "gpu-ae", "inputs": ["customers"]}, as_="eng")
+    digest, _, _ = signed_version(w, tmp_path, name="lineaged", sign=False)
+    mv = w.act(
+        "model_version.register",
+        {
+            "model": "lineaged",
+            "storage_backend": "store-ae",
+            "artifact_digest": digest,
+            "training_run_id": run.data["run_id"],
+        },
+        as_="eng",
+    )
+    assert mv.ok and mv.data["version"] == 2
+    key = w.act("signing_key.create", {"key_name": "k", "owner": "o"})
+    assert w.act("artifact.sign", {"model": "lineaged", "version": 2, "key_id": key.data["key_id"]}, as_="eng").ok
+    r = w.act(
+        "deployment.request",
+        {
+            "name": "abroad",
+            "environment": "dev",
+            "runtime_backend": "serve-qa",
+            "traffic": [{"model": "lineaged", "version": 2, "weight": 100}],
+        },
+        as_="eng",
+    )
+    assert r.outcome == "denied"
+    assert "personal data from customers v1 (residency AE)" in failure(r, "residency").reason
+
+
 # -- consent --------------------------------------------------------------------------------------------------
 def test_training_gets_only_consented_subjects(lifecycle, tmp_path):
     w = lifecycle
@@ -145,7 +208,7 @@ def test_training_gets_only_consented_subjects(lifecycle, tmp_path):
     ids = [row["cid"] for row in csv.DictReader(view.open())]
     assert len(ids) == 32 and not any(int(i[1:]) % 5 == 0 for i in ids)
     # The original is untouched; the backend only ever saw the view.
-    assert job["inputs"][0]["uri"] != (tmp_path / "customers.csv").as_uri()
+    assert job["inputs"][0]["uri"] != data_file(w, "customers").as_uri()
     # Withdrawal stops future use: a later run sees one fewer subject.
     assert w.act("consent.withdraw", {"subject_id": "C001", "purpose": "training"}, as_="dpo").ok
     r2 = w.act("training.submit", {"name": "r2", "backend": "gpu-ae", "inputs": ["customers"]}, as_="eng")
@@ -173,6 +236,59 @@ def test_contract_basis_data_is_not_consent_filtered(lifecycle, tmp_path):
     r = w.act("training.submit", {"name": "r", "backend": "gpu-ae", "inputs": ["customers"]}, as_="eng")
     assert r.ok and r.data["excluded_rows"] == 0
     assert RecordingCompute.jobs[-1]["inputs"][0]["consent_filtered"] is False
+
+
+def test_dataset_files_outside_the_tenant_folder_are_refused(lifecycle, tmp_path):
+    w = lifecycle
+    elsewhere = tmp_path / "other-tenant.csv"
+    write_customers(elsewhere, 3)
+    r = w.act(
+        "dataset.register",
+        {
+            "name": "x",
+            "classification": "personal",
+            "residency": "AE",
+            "legal_basis": "consent",
+            "uri": elsewhere.as_uri(),
+            "subject_column": "cid",
+        },
+        as_="dpo",
+    )
+    assert r.outcome == "failed" and "must be under" in r.error
+    sneaky = (w.settings.data_dir / "operator" / ".." / "acme" / "x.csv").as_posix()
+    r = w.act(
+        "dataset.register",
+        {"name": "x", "classification": "public", "residency": "AE", "uri": sneaky, "subject_column": "cid"},
+        as_="dpo",
+    )
+    assert r.outcome == "failed" and "must be under" in r.error
+
+
+def test_a_dataset_file_changed_after_registration_is_not_read(lifecycle, tmp_path):
+    w = lifecycle
+    uri = write_customers(data_file(w, "customers"), 5)
+    from falaj.core.datasets import file_digest
+
+    digest = file_digest(data_file(w, "customers"))
+    assert w.act(
+        "dataset.register",
+        {
+            "name": "customers",
+            "classification": "personal",
+            "residency": "AE",
+            "legal_basis": "consent",
+            "uri": uri,
+            "subject_column": "cid",
+            "digest": digest,
+        },
+        as_="dpo",
+    ).ok
+    consent_all(w, n=5)
+    with data_file(w, "customers").open("a") as fh:
+        fh.write("C999,99,1\n")
+    r = w.act("training.submit", {"name": "r", "backend": "gpu-ae", "inputs": ["customers"]}, as_="eng")
+    assert r.outcome == "failed" and "does not match its registered digest" in r.error
+    assert RecordingCompute.jobs == []
 
 
 # -- erasure ------------------------------------------------------------------------------------------------
@@ -206,7 +322,10 @@ def test_erasure_removes_the_subject_verifies_and_flags_models(lifecycle, tmp_pa
     done = w.act("erasure.execute", {"request_id": req.data["request_id"]}, as_="dpo")
     assert done.ok, done.message()
     assert done.data["verified"] is True and done.data["datasets"][0]["rows_removed"] == 1
-    assert "C003" not in (tmp_path / "customers.csv").read_text()
+    assert "C003" not in data_file(w, "customers").read_text()
+    view = Path(RecordingCompute.jobs[-1]["inputs"][0]["uri"].removeprefix("file://"))
+    assert "C003" not in view.read_text() and "C004" in view.read_text()
+    assert done.data["training_views"] == [{"view": run.data["run_id"], "rows_removed": 1}]
     with w.plane.sessions() as s:
         assert s.scalar(select(DatasetSubject).where(DatasetSubject.subject_id == "C003")) is None
         version = s.get(ModelVersion, mv.data["model_version_id"])
@@ -321,9 +440,9 @@ def test_dev_needs_no_approval_and_a_non_uae_runtime_is_denied(lifecycle, tmp_pa
     r = deploy_request(w, name="churn-dev", env="dev")
     assert r.ok, r.message()
     assert len(RecordingServing.deployed) == 1
-    # A model with no personal lineage may go anywhere; residency follows the data, so register one that has it.
+    # This version was registered without its training run: nothing shows its data may leave the UAE.
     qa = deploy_request(w, name="churn-qa", env="dev", runtime="serve-qa")
-    assert qa.ok  # this version was not trained on personal data: nothing to keep in the UAE
+    assert qa.outcome == "denied" and "no recorded lineage" in failure(qa, "residency").reason
 
 
 def test_revoked_key_blocks_new_rollouts_and_flags_live_deployments(lifecycle, tmp_path):
@@ -355,9 +474,10 @@ def test_tampered_artifact_fails_signature_verification(lifecycle, tmp_path):
 def test_export_verifies_with_the_upstream_model_signing_cli(lifecycle, tmp_path):
     w = lifecycle
     signed_version(w, tmp_path)
-    out = tmp_path / "export"
-    r = w.act("model_version.export", {"model": "churn", "version": 1, "destination": str(out)}, as_="aud")
+    r = w.act("model_version.export", {"model": "churn", "version": 1, "destination": "churn-v1"}, as_="aud")
     assert r.ok, r.message()
+    out = Path(r.data["destination"])
+    assert out == (w.settings.exports_dir / "operator" / "churn-v1").resolve()
     sig = r.data["signatures"][0]
     cli = shutil.which("model_signing") or str(Path(sys.executable).parent / "model_signing")
     ok = subprocess.run(

@@ -34,10 +34,10 @@ def bundle_copy(tmp_path: Path) -> Path:
     ("file", "old", "new", "line", "problem"),
     [
         # (file, text, replacement, line reported: the edited line, or the header of the table it is in)
-        ("rbac_policy.csv", "p, admin, *, token, *, allow", "p, admin, *, token, *, maybe", 8, "effect must be"),
-        ("rbac_policy.csv", "p, admin, *, token, *, allow", "p, wizard, *, token, *, allow", 8, "unknown role"),
-        ("rbac_policy.csv", "p, admin, *, token, *, allow", "p, admin, *, token", 8, "expected 6 fields"),
-        ("rbac_policy.csv", "p, admin, *, token, *, allow", "p, admin, *, principal, *, allow", 8, "repeats"),
+        ("rbac_policy.csv", "p, admin, *, token, *, allow", "p, admin, *, token, *, maybe", 12, "effect must be"),
+        ("rbac_policy.csv", "p, admin, *, token, *, allow", "p, wizard, *, token, *, allow", 12, "unknown role"),
+        ("rbac_policy.csv", "p, admin, *, token, *, allow", "p, admin, *, token", 12, "expected 6 fields"),
+        ("rbac_policy.csv", "p, admin, *, token, *, allow", "p, admin, *, principal, *, allow", 12, "repeats"),
         ("regions.toml", 'country = "BH"', 'country = "Bahrain"', 47, "ISO 3166"),
         ("residency.toml", 'health = "exception"', 'health = "maybe"', 18, "needs a rule"),
         (

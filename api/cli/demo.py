@@ -34,7 +34,7 @@ PEOPLE = {
     "omar": ["data-steward"],
     "fatima": ["approver"],
     "yousef": ["approver"],
-    "aisha": ["auditor"],
+    "aisha": ["auditor", "platform-auditor"],
 }
 
 
@@ -193,7 +193,9 @@ def _backends(demo: Demo, settings: Settings) -> None:
 def _data(demo: Demo, settings: Settings) -> None:
     data = _customers(400)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    (settings.home / "customers.csv").write_bytes(data)
+    data_dir = settings.data_dir / TENANT  # the tenant's data folder: the control plane reads nothing else
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "customers.csv").write_bytes(data)
     demo.expect(
         demo.act(
             "omar",
@@ -203,7 +205,7 @@ def _data(demo: Demo, settings: Settings) -> None:
                 "classification": "personal",
                 "residency": "AE",
                 "legal_basis": "consent",
-                "uri": (settings.home / "customers.csv").as_uri(),
+                "uri": (data_dir / "customers.csv").as_uri(),
                 "digest": digest,
                 "subject_column": "customer_id",
                 "schema": {
@@ -294,9 +296,9 @@ def _model(demo: Demo, settings: Settings) -> None:
         f"churn v{version.data['version']} (artifact {digest[:19]}…), alias candidate, signed with "
         f"{key.data['key_id'][:22]}… (sigstore bundle v0.3, in-toto statement)",
     )
-    out = settings.home / "churn-v1-export"
+    out = settings.exports_dir / TENANT / "churn-v1"
     export = demo.expect(
-        demo.act("aisha", "model_version.export", {"model": "churn", "version": 1, "destination": str(out)}),
+        demo.act("aisha", "model_version.export", {"model": "churn", "version": 1, "destination": "churn-v1"}),
         "succeeded",
         "export",
     )
@@ -327,7 +329,7 @@ def _model(demo: Demo, settings: Settings) -> None:
 
 def _residency(demo: Demo, settings: Settings) -> None:
     data = _customers(40, seed=11)
-    path = settings.home / "branch-customers.csv"
+    path = settings.data_dir / TENANT / "branch-customers.csv"
     path.write_bytes(data)
     payload = {
         "name": "branch-customers",
@@ -441,9 +443,12 @@ def _audit(demo: Demo, settings: Settings) -> None:
     report = demo.plane.audit.verify(demo.plane.engine)
     if not report.ok:
         raise RuntimeError(f"audit chain broken: {report.problem}")
-    out = settings.home / "audit-export"
-    demo.expect(demo.act("aisha", "audit.export", {"destination": str(out)}), "succeeded", "export")
-    proc = subprocess.run([sys.executable, str(out / "verify.py"), str(out)], capture_output=True, text=True)
+    out = settings.exports_dir / TENANT / "audit"
+    demo.expect(demo.act("aisha", "audit.export", {"destination": "audit"}), "succeeded", "export")
+    key = settings.keys_dir / "audit-ed25519.pub.pem"
+    proc = subprocess.run(
+        [sys.executable, str(out / "verify.py"), str(out), "--public-key", str(key)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"offline verification failed: {proc.stdout}{proc.stderr}")
     demo.note("audit", f"{report.events} events, {report.checkpoints_verified} signed checkpoints verified")
@@ -461,6 +466,7 @@ def _tamper(demo: Demo, settings: Settings) -> None:
     tampered.execute("UPDATE audit_events SET principal = 'gulf-bank/someone-else' WHERE seq = ?", (seq,))
     tampered.commit()
     tampered.close()
+    key_pem = (settings.keys_dir / "audit-ed25519.pub.pem").read_bytes()
     shutil.copytree(settings.home / "audit", copy / "audit")
     shutil.copytree(settings.keys_dir, copy / "keys")
     other = ControlPlane(
@@ -475,7 +481,7 @@ def _tamper(demo: Demo, settings: Settings) -> None:
         raise RuntimeError("tampering was not detected")
     demo.note("tamper", f"edited event {seq} on a copy → detected: first bad seq {report.first_bad_seq}")
     # The export holds its own copy: verify it still passes (it was taken before the edit).
-    assert verify_export(settings.home / "audit-export").ok
+    assert verify_export(settings.exports_dir / TENANT / "audit", key_pem).ok
 
 
 def _summary(demo: Demo, elapsed: float) -> None:

@@ -247,8 +247,14 @@ def audit() -> None:
     type=click.Path(path_type=Path, file_okay=False),
     help="Verify an export folder instead of the live database.",
 )
+@click.option(
+    "--public-key",
+    "public_key",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="With --export: the audit public key you trust (default: this installation's).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def audit_verify(export_dir: Path | None, as_json: bool) -> None:
+def audit_verify(export_dir: Path | None, public_key: Path | None, as_json: bool) -> None:
     """Check every event's hash and link, the chain head and every signed checkpoint.
 
     Exits 1 and names the first bad sequence number if anything was edited, deleted, inserted, reordered
@@ -257,7 +263,10 @@ def audit_verify(export_dir: Path | None, as_json: bool) -> None:
     from falaj.core.audit.verifier import verify_export
 
     if export_dir is not None:
-        report = verify_export(export_dir)
+        key_path = public_key or _settings().keys_dir / "audit-ed25519.pub.pem"
+        if not key_path.exists():
+            raise click.UsageError("pass --public-key: the audit public key you trust")
+        report = verify_export(export_dir, key_path.read_bytes())
     else:
         # Only the audit log is needed: no plugins, no policy engine, so the command starts fast.
         from falaj.core.audit import AuditLog
@@ -299,22 +308,33 @@ def audit_verify(export_dir: Path | None, as_json: bool) -> None:
     "out",
     required=True,
     type=click.Path(path_type=Path, file_okay=False),
-    help="New folder to write the export to.",
+    help="New folder to copy the export to.",
 )
 def audit_export(tenant: str, token: str | None, out: Path) -> None:
-    """Export the log, the signed checkpoints, the public key and a standalone verifier (governed).
+    """Export the log, the signed checkpoints, a signed manifest and a standalone verifier (governed).
 
-    An auditor verifies it offline with `python verify.py FOLDER` (needs only `cryptography`).
+    The export is written under FALAJ_HOME/exports/<tenant>/ and copied to --out. An auditor verifies it
+    offline with `python verify.py FOLDER --public-key KEY.pem` (needs only `cryptography`), using the audit
+    public key obtained from the operator.
     """
+    import shutil
+    from datetime import UTC, datetime
+
     from falaj.core.actions import Action
 
+    if out.exists() and any(out.iterdir()):
+        raise click.UsageError(f"{out} is not empty: choose a new folder")
+    name = "audit-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     plane = _plane()
     try:
         result = plane.execute(
-            Action(kind="audit.export", tenant=tenant, principal=_token(token), payload={"destination": str(out)})
+            Action(kind="audit.export", tenant=tenant, principal=_token(token), payload={"destination": name})
         )
     finally:
         plane.close()
+    if result.ok:
+        shutil.copytree(result.data["destination"], out, dirs_exist_ok=True)
+        result.data["copied_to"] = str(out.resolve())
     _print_result(result, False)
     if not result.ok:
         sys.exit(1)

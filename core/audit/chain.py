@@ -167,15 +167,30 @@ class AuditLog:
         return [Checkpoint(**json.loads(line)) for line in path.read_text("utf-8").splitlines() if line]
 
     def checkpoints(self, engine: Engine) -> list[Checkpoint]:
-        """Checkpoints from the database and the witness file, merged by seq."""
+        """Checkpoints from the database and the witness file, merged by seq (see ``conflicts``)."""
+        merged, _ = self._merged_checkpoints(engine)
+        return merged
+
+    def _merged_checkpoints(self, engine: Engine) -> tuple[list[Checkpoint], list[int]]:
+        """Checkpoints by seq, and the seqs for which two different heads were signed.
+
+        Two signed heads for one seq mean the chain was cut back and regrown after a checkpoint: the
+        witness remembers the first, the database holds the second.
+        """
+        by_seq: dict[int, Checkpoint] = {}
+        conflicts: set[int] = set()
         with Session(read_only(engine)) as session:
-            merged = {cp.seq: cp for cp in self.witness_checkpoints()}
-            for row in session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq)):
-                merged.setdefault(row.seq, _as_checkpoint(row))
-                if merged[row.seq].hash != row.hash:
-                    # Two different signed heads for one seq: keep the database row, verify will flag it.
-                    merged[row.seq] = _as_checkpoint(row)
-        return [merged[k] for k in sorted(merged)]
+            rows = [_as_checkpoint(r) for r in session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq))]
+        for cp in [*self.witness_checkpoints(), *rows]:
+            seen = by_seq.get(cp.seq)
+            if seen is not None and seen.hash != cp.hash:
+                conflicts.add(cp.seq)
+            by_seq.setdefault(cp.seq, cp)
+        return [by_seq[k] for k in sorted(by_seq)], sorted(conflicts)
+
+    def max_seq(self, engine: Engine) -> int:
+        with read_only(engine).connect() as conn:
+            return int(conn.execute(text("SELECT COALESCE(MAX(seq), 0) FROM audit_events")).scalar_one())
 
     def iter_rows(self, engine: Engine, upto: int, batch: int = 20_000) -> Iterator[tuple[Any, ...]]:
         """Events with ``seq <= upto`` (and any above it that sit out of place), in ``seq`` order."""
@@ -206,9 +221,10 @@ class AuditLog:
         """Verify the chain in the database, its head, and every checkpoint (database and witness)."""
         from falaj.core.audit import scan
 
-        # Checkpoints first, then the head, then the events up to that head: writers appending meanwhile
-        # cannot make a sound log look truncated.
-        checkpoints = self.checkpoints(engine)
+        # Checkpoints first, then the highest seq, then the head, then the events up to that head: writers
+        # appending meanwhile cannot make a sound log look truncated or overgrown.
+        checkpoints, conflicts = self._merged_checkpoints(engine)
+        highest = self.max_seq(engine)
         head = self.head(engine)
         keys = self.public_keys()
         url = engine.url.render_as_string(hide_password=False)
@@ -216,16 +232,33 @@ class AuditLog:
             segments = scan.scan(url, head[0], [cp.seq for cp in checkpoints], workers)
             if progress is not None:
                 progress(head[0])
-            return verifier.verify_segments(segments, checkpoints, keys, head=head)
-        rows: Iterator[tuple[Any, ...]] = self.iter_rows(engine, head[0])
-        if progress is not None:
-            rows = _counting(rows, progress)
-        return verifier.verify_rows(rows, checkpoints, keys, hasher=fast_event_hash, head=head)
+            report = verifier.verify_segments(segments, checkpoints, keys, head=head)
+        else:
+            rows: Iterator[tuple[Any, ...]] = self.iter_rows(engine, head[0])
+            if progress is not None:
+                rows = _counting(rows, progress)
+            report = verifier.verify_rows(rows, checkpoints, keys, hasher=fast_event_hash, head=head)
+        if conflicts and (report.ok or (report.first_bad_seq or 0) >= conflicts[0]):
+            return verifier.VerifyReport(
+                ok=False,
+                first_bad_seq=conflicts[0],
+                problem=f"two different chain heads were signed for seq {conflicts[0]}: the log was cut back and "
+                "rewritten after that checkpoint",
+            )
+        if not report.ok:
+            return report
+        if highest > head[0]:
+            return verifier.VerifyReport(
+                ok=False,
+                first_bad_seq=head[0] + 1,
+                problem=f"events up to seq {highest} lie beyond the chain head ({head[0]}): the head was rewound",
+            )
+        return report
 
     def export(self, engine: Engine, folder: Path) -> dict[str, Any]:
         """Write events, checkpoints, the public key and a standalone verifier to ``folder``."""
         folder.mkdir(parents=True, exist_ok=True)
-        checkpoints = self.checkpoints(engine)
+        checkpoints, _ = self._merged_checkpoints(engine)
         head_seq, head_hash = self.head(engine)
         count = 0
         with (folder / "events.jsonl").open("wb") as fh:
@@ -238,7 +271,7 @@ class AuditLog:
         if self.signer is not None:
             (folder / "public_key.pem").write_bytes(self.signer.public_pem())
         shutil.copyfile(verifier.__file__, folder / "verify.py")
-        manifest = {
+        manifest: dict[str, Any] = {
             "format": "falaj-audit-export/v1",
             "exported_at": rfc3339(datetime.now(UTC)),
             "events": count,
@@ -249,8 +282,14 @@ class AuditLog:
                 for name in ("events.jsonl", WITNESS_FILE, "public_key.pem", "verify.py")
                 if (folder / name).exists()
             },
-            "verify_with": "python verify.py .",
+            "verify_with": "python verify.py . --public-key AUDIT_PUBLIC_KEY.pem",
         }
+        if self.signer is not None:
+            # Signing the manifest pins the head and every file, so even the events after the last
+            # checkpoint cannot be cut from the export unnoticed.
+            manifest["key_id"] = self.signer.key_id
+            signature = self.signer.sign(verifier.manifest_message(manifest))
+            manifest["signature"] = base64.b64encode(signature).decode("ascii")
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True), "utf-8")
         return manifest
 

@@ -248,9 +248,39 @@ def key_id_of(public_key: Any) -> str:
     return "ed25519:" + hashlib.sha256(raw).hexdigest()[:32]
 
 
-def verify_export(folder: Path) -> VerifyReport:
-    """Verify an export folder written by ``falaj audit export``."""
-    keys = load_public_keys(p.read_bytes() for p in sorted(folder.glob("public_key*.pem")))
+def manifest_message(manifest: dict[str, Any]) -> bytes:
+    """What the export's manifest signature covers: the manifest without its signature, canonical."""
+    body = {k: v for k, v in manifest.items() if k not in ("signature", "key_id")}
+    return b"falaj-audit-export:v1:" + canonical_json(body)
+
+
+def verify_export(folder: Path, trusted_public_key: bytes) -> VerifyReport:
+    """Verify an export folder written by ``falaj audit export`` with the audit public key you trust.
+
+    The key must come from the operator by another channel: a key shipped inside the export proves nothing,
+    since whoever could edit the export could replace it too.
+    """
+    keys = load_public_keys([trusted_public_key])
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.exists():
+        return _bad(VerifyReport(ok=False), 1, "manifest.json is missing")
+    manifest = json.loads(manifest_path.read_text("utf-8"))
+    key = keys.get(manifest.get("key_id", ""))
+    if key is None:
+        return _bad(VerifyReport(ok=False), 1, "the export is not signed by the trusted key")
+    try:
+        key.verify(base64.b64decode(manifest.get("signature", "")), manifest_message(manifest))
+    except Exception:
+        return _bad(VerifyReport(ok=False), 1, "the export manifest's signature is invalid: it was edited")
+    for name, digest in manifest.get("files", {}).items():
+        if name == "verify.py":
+            continue
+        path = folder / name
+        if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            report = VerifyReport(ok=False)
+            if name == "events.jsonl":
+                break  # find the first bad event below instead of reporting the whole file
+            return _bad(report, 1, f"{name} differs from the signed manifest")
     checkpoints = [
         Checkpoint(**json.loads(line))
         for line in (folder / "checkpoints.jsonl").read_text("utf-8").splitlines()
@@ -264,20 +294,20 @@ def verify_export(folder: Path) -> VerifyReport:
                     event = json.loads(line)
                     yield (*(event[k] for k in FIELDS), event["hash"])
 
-    manifest_path = folder / "manifest.json"
-    head = None
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text("utf-8"))
-        head = (manifest["head_seq"], manifest["head_hash"])
-    return verify_rows(rows(), checkpoints, keys, head=head)
+    # The signed manifest names the head the export was taken at: a tail cut after the last checkpoint shows.
+    return verify_rows(rows(), checkpoints, keys, head=(manifest["head_seq"], manifest["head_hash"]))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python verify.py EXPORT_DIR", file=sys.stderr)
+    if len(args) != 3 or args[1] != "--public-key":
+        print(
+            "usage: python verify.py EXPORT_DIR --public-key AUDIT_PUBLIC_KEY.pem\n"
+            "  use the audit public key the operator gave you, not one found inside the export",
+            file=sys.stderr,
+        )
         return 2
-    report = verify_export(Path(args[0]))
+    report = verify_export(Path(args[0]), Path(args[2]).read_bytes())
     if report.ok:
         print(
             f"OK: {report.events} events, {report.checkpoints_verified} signed checkpoints verified "

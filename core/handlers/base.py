@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 from falaj.core.actions import ActionKind, Payload
 from falaj.core.decision import Decision
 from falaj.core.domain import Backend
-from falaj.core.errors import NotFoundError
+from falaj.core.errors import ConflictError, NotFoundError, ValidationError
 
 if TYPE_CHECKING:
     from falaj.core.pipeline import ControlPlane
@@ -50,6 +51,16 @@ class HandlerContext:
     payload: Any  # the kind's Payload model
     decision: Decision
     operation_id: str
+
+    def export_folder(self, name: str) -> Path:
+        """A new, empty folder for an export: ``FALAJ_HOME/exports/<tenant>/<name>``; never elsewhere."""
+        root = (self.plane.settings.exports_dir / self.tenant.slug).resolve()
+        folder = (root / name).resolve()
+        if folder.parent != root:
+            raise ValidationError(f"export name {name!r} must be a plain folder name")
+        if folder.exists() and any(folder.iterdir()):
+            raise ConflictError(f"export {name!r} already exists: choose a new name")
+        return folder
 
     def backend(self, name: str, kind: str) -> Backend:
         row = self.session.scalar(select(Backend).where(Backend.tenant_id == self.tenant.id, Backend.name == name))

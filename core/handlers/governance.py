@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -152,9 +151,7 @@ def verify_audit(ctx: HandlerContext) -> Outcome:
 @handles(ActionKind.AUDIT_EXPORT)
 def export_audit(ctx: HandlerContext) -> Outcome:
     p: AuditExport = typed(ctx, AuditExport)
-    folder = Path(p.destination).expanduser()
-    if folder.exists() and any(folder.iterdir()):
-        raise ConflictError(f"{folder} is not empty: choose a new folder for the export")
+    folder = ctx.export_folder(p.destination)
     manifest = ctx.plane.audit.export(ctx.plane.engine, folder)
     return Outcome(
         {"destination": str(folder.resolve()), "events": manifest["events"], "head_seq": manifest["head_seq"]}

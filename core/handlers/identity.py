@@ -34,8 +34,17 @@ def _check_roles(ctx: HandlerContext, roles: list[str]) -> None:
     unknown = sorted(set(roles) - known)
     if unknown:
         raise ValidationError(f"unknown roles {unknown}: known roles are {sorted(known)}")
-    if "platform-admin" in roles:
-        raise ValidationError("platform-admin is granted only by `falaj init` in the operator tenant")
+    platform = sorted(r for r in roles if r.startswith("platform-"))
+    if platform:
+        granter_is_platform_admin = ctx.session.scalar(
+            select(RoleAssignment.id).where(
+                RoleAssignment.tenant_id == ctx.tenant.id,
+                RoleAssignment.principal_id == ctx.principal.id,
+                RoleAssignment.role == "platform-admin",
+            )
+        )
+        if granter_is_platform_admin is None:
+            raise ValidationError(f"{platform} can only be granted in the operator tenant, by a platform-admin")
 
 
 @handles(ActionKind.TENANT_CREATE)

@@ -52,6 +52,17 @@ def _after_commit(ctx: HandlerContext, callback: Any) -> None:
 def submit_training(ctx: HandlerContext) -> Outcome:
     """Start a training run on a compute backend with only the data the decision allowed."""
     p: TrainingSubmit = typed(ctx, TrainingSubmit)
+    views: list[Path] = []
+    try:
+        return _submit_training(ctx, p, views)
+    except BaseException:
+        # Nothing of a failed submission survives: its consent views go with the rolled-back run.
+        for folder in {v.parent for v in views}:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _submit_training(ctx: HandlerContext, p: TrainingSubmit, views: list[Path]) -> Outcome:
     backend = ctx.backend(p.backend, "compute")
     compute = ctx.plane.backend_instance(ctx.tenant.slug, backend)
     run = TrainingRun(
@@ -80,7 +91,9 @@ def submit_training(ctx: HandlerContext) -> Outcome:
             # The backend gets a view holding only subjects whose consent for the purpose is valid now.
             allowed = consented_subjects(ctx.session, ctx.tenant.id, ds.id, p.purpose, now)
             view = ctx.plane.settings.home / "views" / ctx.tenant.slug / run.id / f"{ds.name}-v{ds.version}.csv"
-            path, kept, dropped = write_view(ds.uri, ds.subject_column, allowed, view)
+            root = ctx.plane.settings.data_dir / ctx.tenant.slug
+            views.append(view)
+            path, kept, dropped = write_view(ds.uri, ds.subject_column, allowed, view, root, ds.digest)
             entry.update(uri=path.as_uri(), rows=kept, excluded_rows=dropped, consent_filtered=True)
         else:
             entry.update(uri=ds.uri, consent_filtered=False)
@@ -106,7 +119,6 @@ def submit_training(ctx: HandlerContext) -> Outcome:
     try:
         handle = compute.submit(job)
     except Exception as exc:
-        shutil.rmtree(ctx.plane.settings.home / "views" / ctx.tenant.slug / run.id, ignore_errors=True)
         raise BackendError(f"compute backend {p.backend!r} refused the job: {exc}") from exc
     if not isinstance(handle, str) or not handle:
         raise BackendError(f"compute backend {p.backend!r} returned {handle!r} instead of a job handle")
@@ -211,9 +223,7 @@ def export_model_version(ctx: HandlerContext) -> Outcome:
     mv = model_version(ctx.session, ctx.tenant.id, p.model, p.version)
     if mv is None:
         raise NotFoundError(f"model {p.model!r} has no version {p.version}")
-    out = Path(p.destination).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise ConflictError(f"{out} is not empty: choose a new folder")
+    out = ctx.export_folder(p.destination)
     backend = ctx.session.get(Backend, mv.storage_backend_id)
     assert backend is not None
     store = ctx.plane.backend_instance(ctx.tenant.slug, backend)
@@ -415,8 +425,10 @@ def _serving_spec(ctx: HandlerContext, deployment: Deployment) -> dict[str, Any]
 def rollout(ctx: HandlerContext) -> Outcome:
     p: DeploymentRef = typed(ctx, DeploymentRef)
     deployment = _deployment_row(ctx, p.name)
-    if deployment.status == "live":
-        raise ConflictError(f"deployment {p.name!r} is already live")
+    if deployment.status != "approved":
+        raise ConflictError(
+            f"deployment {p.name!r} is {deployment.status}: only an approved deployment rolls out (request a new one)"
+        )
     runtime_row = ctx.session.get(Backend, deployment.runtime_backend_id)
     assert runtime_row is not None
     runtime = ctx.plane.backend_instance(ctx.tenant.slug, runtime_row)

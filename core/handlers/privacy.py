@@ -190,14 +190,24 @@ def execute_erasure(ctx: HandlerContext) -> Outcome:
     )
     erased_datasets: list[dict[str, object]] = []
     erased_stores: list[dict[str, object]] = []
+    erased_views: list[dict[str, object]] = []
+    root = ctx.plane.settings.data_dir / ctx.tenant.slug
     for ds in datasets:
         rows = 0
-        if ds.uri and ds.subject_column and local_path(ds.uri) is not None:
-            ds.digest, rows = erase_subject(ds.uri, ds.subject_column, subject)
+        if ds.uri and ds.subject_column and local_path(ds.uri, root) is not None:
+            ds.digest, rows = erase_subject(ds.uri, ds.subject_column, subject, root)
         ctx.session.execute(
             delete(DatasetSubject).where(DatasetSubject.dataset_id == ds.id, DatasetSubject.subject_id == subject)
         )
         erased_datasets.append({"dataset": f"{ds.name} v{ds.version}", "rows_removed": rows})
+    # The consent views handed to compute backends are copies: they lose the subject too.
+    views = ctx.plane.settings.home / "views" / ctx.tenant.slug
+    for ds in datasets:
+        if not ds.subject_column:
+            continue
+        for view in sorted(views.glob(f"*/{ds.name}-v{ds.version}.csv")):
+            _, rows = erase_subject(view.as_uri(), ds.subject_column, subject, views)
+            erased_views.append({"view": view.parent.name, "rows_removed": rows})
     for backend in ctx.session.scalars(
         select(Backend).where(
             Backend.tenant_id == ctx.tenant.id, Backend.kind == "feature_store", Backend.enabled.is_(True)
@@ -253,6 +263,7 @@ def execute_erasure(ctx: HandlerContext) -> Outcome:
     report: dict[str, object] = {
         "datasets": erased_datasets,
         "feature_stores": erased_stores,
+        "training_views": erased_views,
         "verified": True,
         "flagged_model_versions": flagged,
     }

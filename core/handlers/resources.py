@@ -92,7 +92,8 @@ def register_dataset(ctx: HandlerContext) -> Outcome:
         )
     subjects: set[str] = set()
     if p.uri and p.subject_column:
-        subjects = read_subjects(p.uri, p.subject_column, p.digest)
+        root = ctx.plane.settings.data_dir / ctx.tenant.slug
+        subjects = read_subjects(p.uri, p.subject_column, p.digest, root)
     latest = ctx.session.scalar(
         select(func.max(Dataset.version)).where(Dataset.tenant_id == ctx.tenant.id, Dataset.name == p.name)
     )

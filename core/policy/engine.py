@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from falaj.core.decision import CheckOutcome, CheckResult
 from falaj.core.policy.bundle import PolicyBundle
@@ -36,13 +37,33 @@ SIGNATURE_KINDS = frozenset({"deployment.request", "deployment.rollout", "deploy
 
 
 @dataclass(frozen=True)
+class SourceData:
+    """One source dataset reached through lineage, with the transfer records that apply to it."""
+
+    name: str
+    classification: str  # or UNKNOWN_LINEAGE for a model version with no recorded training data
+    residency: str
+    bases: frozenset[tuple[str, str]] = frozenset()  # (country, basis) valid for this source
+    exceptions: frozenset[str] = frozenset()  # countries with a health exception for this source
+
+
+UNKNOWN_LINEAGE = "unknown-lineage"
+HOME_COUNTRY = "AE"
+
+
+@dataclass(frozen=True)
 class DataProfile:
-    """What an action's data is, through lineage: strictest classification, every residency, sources."""
+    """What an action's data is, through lineage: strictest classification, every residency, sources.
+
+    ``items`` holds each source with its own records; residency is decided per source, so a record for
+    one source (a health exception, say) never lets another source's data through.
+    """
 
     classification: str
     residencies: frozenset[str]
     sources: tuple[str, ...] = ()
     legal_bases: frozenset[str] = frozenset()
+    items: tuple[SourceData, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,42 +169,69 @@ class PolicyEngine:
         where = f"{region.id} ({region.country})"
         if data is None:
             return CheckResult.passed("residency", f"no personal data involved; backend in {where}", "regions.toml")
-        rule = bundle.class_rules[data.classification]
         ruleset = bundle.rulesets[facts.ruleset]
-        sources = ", ".join(data.sources) or "its inputs"
-        for home in sorted(data.residencies):
-            if home == region.country or rule == "free":
-                continue
-            if rule == "exception":
-                if region.country in facts.exceptions:
-                    continue
-                return CheckResult.failed(
-                    "residency",
-                    f"{data.classification} data from {sources} (residency {home}) may not be stored or processed "
-                    f"in {where} without a recorded exception (Federal Law 2/2019 Art. 13; MoHAP Resolution "
-                    "51/2021): record one with residency_exception.record",
-                    "residency.toml: health = exception",
-                )
-            bases = {basis for country, basis in facts.transfer_bases if country == region.country}
-            valid = {
-                b
-                for b in bases
-                if b in ruleset.bases and (b != "adequacy" or region.country in ruleset.adequate_countries)
-            }
-            if not valid:
-                extra = f" (recorded: {sorted(bases)}, not valid under {ruleset.name})" if bases else ""
-                return CheckResult.failed(
-                    "residency",
-                    f"{data.classification} data from {sources} (residency {home}) may leave {home} for {where} "
-                    f"only with a recorded transfer basis{extra} (PDPL Art. 22 adequacy, Art. 23 contract or "
-                    "express consent): record one with transfer_basis.record",
-                    f"residency.toml: {data.classification} = transfer-basis; ruleset {ruleset.name}",
-                )
+        items = data.items or tuple(
+            SourceData(
+                ", ".join(data.sources) or "its inputs",
+                data.classification,
+                home,
+                facts.transfer_bases,
+                facts.exceptions,
+            )
+            for home in sorted(data.residencies)
+        )
+        for item in items:
+            failure = self._source_residency(item, region, ruleset)
+            if failure is not None:
+                return failure
+        rule = bundle.class_rules[data.classification]
         countries = "/".join(sorted(data.residencies)) or "-"
         return CheckResult.passed(
             "residency",
             f"{data.classification} data (residency {countries}) may be processed in {where} under {ruleset.name}",
             f"residency.toml: {data.classification} = {rule}; ruleset {ruleset.name}",
+        )
+
+    def _source_residency(self, item: SourceData, region: Any, ruleset: Any) -> CheckResult | None:
+        where = f"{region.id} ({region.country})"
+        if item.classification == UNKNOWN_LINEAGE:
+            if region.country == HOME_COUNTRY:
+                return None
+            return CheckResult.failed(
+                "residency",
+                f"{item.name} has no recorded lineage, so nothing shows its training data may be processed in "
+                f"{where}: register it with its training run",
+                "residency: derived artifacts inherit through lineage",
+            )
+        rule = self.bundle.class_rules.get(item.classification)
+        if rule is None:
+            return CheckResult.failed(
+                "residency", f"unknown classification {item.classification!r}", "residency.toml [classifications]"
+            )
+        if item.residency == region.country or rule == "free":
+            return None
+        label = f"{item.classification} data from {item.name} (residency {item.residency})"
+        if rule == "exception":
+            if region.country in item.exceptions:
+                return None
+            return CheckResult.failed(
+                "residency",
+                f"{label} may not be stored or processed in {where} without a recorded exception (Federal Law "
+                "2/2019 Art. 13; MoHAP Resolution 51/2021): record one with residency_exception.record",
+                "residency.toml: health = exception",
+            )
+        bases = {basis for country, basis in item.bases if country == region.country}
+        valid = {
+            b for b in bases if b in ruleset.bases and (b != "adequacy" or region.country in ruleset.adequate_countries)
+        }
+        if valid:
+            return None
+        extra = f" (recorded: {sorted(bases)}, not valid under {ruleset.name})" if bases else ""
+        return CheckResult.failed(
+            "residency",
+            f"{label} may leave {item.residency} for {where} only with a recorded transfer basis{extra} (PDPL "
+            "Art. 22 adequacy, Art. 23 contract or express consent): record one with transfer_basis.record",
+            f"residency.toml: {item.classification} = transfer-basis; ruleset {ruleset.name}",
         )
 
     # -- consent -----------------------------------------------------------------------------------------

@@ -28,12 +28,15 @@ from falaj.core.domain import (
 )
 from falaj.core.policy.engine import (
     CONSENT_KINDS,
+    HOME_COUNTRY,
     SIGNATURE_KINDS,
+    UNKNOWN_LINEAGE,
     ApprovalFacts,
     ConsentFacts,
     DataProfile,
     Facts,
     SignatureFacts,
+    SourceData,
     strictest,
 )
 
@@ -60,19 +63,22 @@ def model_version(session: Session, tenant_id: str, model: str, version: int) ->
     )
 
 
-def source_datasets(session: Session, versions: Iterable[ModelVersion]) -> list[Dataset]:
+def source_datasets(session: Session, tenant_id: str, versions: Iterable[ModelVersion]) -> list[Dataset]:
     """Datasets a set of model versions were trained on, through lineage (dataset -> run -> version)."""
     run_ids = {v.training_run_id for v in versions if v.training_run_id}
     if not run_ids:
         return []
     ids = session.scalars(
         select(LineageEdge.source_id).where(
+            LineageEdge.tenant_id == tenant_id,
             LineageEdge.target_type == "training_run",
             LineageEdge.target_id.in_(run_ids),
             LineageEdge.source_type == "dataset",
         )
     ).all()
-    return list(session.scalars(select(Dataset).where(Dataset.id.in_(ids)))) if ids else []
+    if not ids:
+        return []
+    return list(session.scalars(select(Dataset).where(Dataset.id.in_(ids), Dataset.tenant_id == tenant_id)))
 
 
 class FactLoader:
@@ -127,7 +133,7 @@ class FactLoader:
                 else:
                     sources.append(ds)
         elif kind is ActionKind.MODEL_VERSION_REGISTER and p.training_run_id:
-            sources = source_datasets(session, [ModelVersion(training_run_id=p.training_run_id)])
+            sources = source_datasets(session, tenant.id, [ModelVersion(training_run_id=p.training_run_id)])
         elif kind in (ActionKind.DEPLOYMENT_REQUEST, ActionKind.DEPLOYMENT_PROMOTE):
             for variant in p.traffic:
                 mv = model_version(session, tenant.id, variant.model, variant.version)
@@ -153,17 +159,43 @@ class FactLoader:
                 if runtime is not None and kind is ActionKind.DEPLOYMENT_ROLLOUT:
                     region = runtime.region
 
+        now = datetime.now(UTC)
+        unknown_lineage = []
         if versions:
-            sources = source_datasets(session, [mv for _, mv in versions if mv is not None])
-        if sources:
+            known = [mv for _, mv in versions if mv is not None]
+            sources = source_datasets(session, tenant.id, known)
+            # A version with no recorded training data cannot show where that data may go.
+            unknown_lineage = [label for label, mv in versions if mv is not None and not mv.training_run_id]
+        if sources or unknown_lineage:
+            items = tuple(
+                SourceData(
+                    f"{d.name} v{d.version}",
+                    d.classification,
+                    d.residency,
+                    self._bases(session, tenant.id, d, now),
+                    self._exceptions(session, d),
+                )
+                for d in sources
+            ) + tuple(SourceData(label, UNKNOWN_LINEAGE, HOME_COUNTRY) for label in unknown_lineage)
             data = DataProfile(
                 strictest(bundle, (d.classification for d in sources)),
-                frozenset(d.residency for d in sources),
-                tuple(f"{d.name} v{d.version}" for d in sources),
+                frozenset(d.residency for d in sources) | ({HOME_COUNTRY} if unknown_lineage else set()),
+                tuple(item.name for item in items),
                 frozenset(d.legal_basis for d in sources if d.legal_basis),
+                items,
             )
-
-        now = datetime.now(UTC)
+        elif data is not None and kind is ActionKind.DATASET_REGISTER:
+            data = DataProfile(
+                data.classification,
+                data.residencies,
+                data.sources,
+                data.legal_bases,
+                (
+                    SourceData(
+                        p.name, p.classification, p.residency, self._bases(session, tenant.id, None, now), frozenset()
+                    ),
+                ),
+            )
         return Facts(
             kind=kind.value,
             tenant=tenant.slug,
@@ -172,8 +204,6 @@ class FactLoader:
             principal=principal.id,
             target_region=region,
             data=data,
-            transfer_bases=self._bases(session, tenant.id, sources, now) if data is not None else frozenset(),
-            exceptions=self._exceptions(session, sources) if data is not None else frozenset(),
             consent=self._consent(session, tenant.id, kind, p, sources, now),
             signatures=self._signatures(session, tenant, kind, versions) if kind.value in SIGNATURE_KINDS else None,
             approval=self._approval(session, tenant.id, principal, roles, kind, p, deployment, now),
@@ -182,37 +212,29 @@ class FactLoader:
 
     # -- pieces ----------------------------------------------------------------------------------------------
     def _bases(
-        self, session: Session, tenant_id: str, sources: list[Dataset], now: datetime
+        self, session: Session, tenant_id: str, dataset: Dataset | None, now: datetime
     ) -> frozenset[tuple[str, str]]:
-        rows = session.scalars(
-            select(TransferBasis).where(TransferBasis.tenant_id == tenant_id, TransferBasis.revoked_at.is_(None))
-        ).all()
-        live = [r for r in rows if r.expires_at is None or r.expires_at > now]
-        pairs = {(r.destination_country, r.basis) for r in live}
-        ids = {d.id for d in sources}
-        covered = set()
-        for country, basis in pairs:
-            tenant_wide = any(
-                r.dataset_id is None for r in live if (r.destination_country, r.basis) == (country, basis)
-            )
-            per_dataset = {r.dataset_id for r in live if (r.destination_country, r.basis) == (country, basis)}
-            if tenant_wide or (ids and ids <= per_dataset):
-                covered.add((country, basis))
-        return frozenset(covered)
+        """Transfer bases valid now for one dataset: those recorded for it, and tenant-wide ones."""
+        query = select(TransferBasis).where(TransferBasis.tenant_id == tenant_id, TransferBasis.revoked_at.is_(None))
+        if dataset is None:
+            query = query.where(TransferBasis.dataset_id.is_(None))
+        else:
+            query = query.where((TransferBasis.dataset_id.is_(None)) | (TransferBasis.dataset_id == dataset.id))
+        return frozenset(
+            (r.destination_country, r.basis)
+            for r in session.scalars(query)
+            if r.expires_at is None or r.expires_at > now
+        )
 
-    def _exceptions(self, session: Session, sources: list[Dataset]) -> frozenset[str]:
-        health = [d.id for d in sources if d.classification == "health"]
-        if not health:
+    def _exceptions(self, session: Session, dataset: Dataset) -> frozenset[str]:
+        """Countries a health dataset has a recorded exception for."""
+        if dataset.classification != "health":
             return frozenset()
-        rows = session.execute(
-            select(ResidencyException.destination_country, ResidencyException.dataset_id).where(
-                ResidencyException.dataset_id.in_(health)
+        return frozenset(
+            session.scalars(
+                select(ResidencyException.destination_country).where(ResidencyException.dataset_id == dataset.id)
             )
-        ).all()
-        by_country: dict[str, set[str]] = {}
-        for country, dataset_id in rows:
-            by_country.setdefault(country, set()).add(dataset_id)
-        return frozenset(c for c, ids in by_country.items() if set(health) <= ids)
+        )
 
     def _consent(
         self,

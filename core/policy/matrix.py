@@ -10,7 +10,7 @@ from falaj.core.decision import CheckOutcome
 from falaj.core.policy.bundle import PolicyBundle, load_bundle
 from falaj.core.policy.rbac import Authorizer
 
-ROLES = ("platform-admin", "admin", "ml-engineer", "data-steward", "approver", "auditor", "service")
+ROLES = ("platform-admin", "platform-auditor", "admin", "ml-engineer", "data-steward", "approver", "auditor", "service")
 
 
 def matrix(bundle: PolicyBundle, tenant: str = "any-tenant") -> dict[str, dict[str, bool]]:
