@@ -40,9 +40,12 @@ class Empty(Payload):
 
 # -- tenants, principals, tokens, roles ---------------------------------------------------------------
 class TenantCreate(Payload):
+    """A new tenant, and (``admin``) the name of its first admin, whose API token is shown once."""
+
     slug: Slug
     display_name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     ruleset: Slug = "uae-federal"
+    admin: Name | None = None
 
 
 class TenantUpdate(Payload):

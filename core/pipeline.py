@@ -704,6 +704,15 @@ _TENANT_BY_SLUG = select(Tenant.id, Tenant.slug, Tenant.ruleset, Tenant.disabled
 # The principal's roles in the action's tenant come along with the principal, a row per role.
 _ROLE_IN_TENANT = RoleAssignment
 _ROLE_IN_TENANT_ON = (RoleAssignment.principal_id == Principal.id) & (RoleAssignment.tenant_id == bindparam("tid"))
+_PRINCIPAL_COLUMNS = (
+    Principal.id.label("principal_id"),
+    Principal.name,
+    Principal.kind,
+    Principal.disabled,
+    Principal.tenant_id,
+    Tenant.slug.label("home"),
+    RoleAssignment.role,
+)
 _TOKEN_BY_PREFIX = (
     select(
         ApiToken.id.label("token_id"),
@@ -711,13 +720,7 @@ _TOKEN_BY_PREFIX = (
         ApiToken.revoked_at,
         ApiToken.expires_at,
         ApiToken.last_used_at,
-        Principal.id.label("principal_id"),
-        Principal.name,
-        Principal.kind,
-        Principal.disabled,
-        Principal.tenant_id,
-        Tenant.slug.label("home"),
-        RoleAssignment.role,
+        *_PRINCIPAL_COLUMNS,
     )
     .join(Principal, ApiToken.principal_id == Principal.id)
     .join(Tenant, Principal.tenant_id == Tenant.id)
@@ -725,15 +728,7 @@ _TOKEN_BY_PREFIX = (
     .where(ApiToken.prefix == bindparam("prefix"))
 )
 _PRINCIPAL_BY_ID = (
-    select(
-        Principal.id.label("principal_id"),
-        Principal.name,
-        Principal.kind,
-        Principal.disabled,
-        Principal.tenant_id,
-        Tenant.slug.label("home"),
-        RoleAssignment.role,
-    )
+    select(*_PRINCIPAL_COLUMNS)
     .join(Tenant, Principal.tenant_id == Tenant.id)
     .outerjoin(_ROLE_IN_TENANT, _ROLE_IN_TENANT_ON)
     .where(Principal.id == bindparam("pid"))

@@ -402,3 +402,16 @@ def test_observers_are_called_and_cannot_break_the_pipeline(world):
     )
     assert result.ok
     assert seen == [("budget.set", "allow"), ("budget.set", "succeeded", result.audit_seq)]
+
+
+def test_a_new_tenant_gets_its_first_admin_and_stays_separate(world):
+    created = world.act("tenant.create", {"slug": "acme", "display_name": "Acme", "admin": "root"})
+    assert created.ok and created.secret.startswith("flj_")
+    world.tokens["acme-root"] = created.secret
+    # The new admin works in its own tenant...
+    assert world.act("principal.create", {"name": "eng", "roles": ["ml-engineer"]}, as_="acme-root", tenant="acme").ok
+    # ...and has no role in the operator tenant, nor may grant platform roles.
+    denied = world.act("principal.create", {"name": "x", "roles": []}, as_="acme-root")
+    assert denied.outcome == "denied" and "another tenant" in denied.message()
+    grab = world.act("role.assign", {"principal": "eng", "role": "platform-admin"}, as_="acme-root", tenant="acme")
+    assert grab.outcome == "failed" and "operator tenant" in grab.error

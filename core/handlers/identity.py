@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 
@@ -59,7 +60,27 @@ def create_tenant(ctx: HandlerContext) -> Outcome:
     tenant = Tenant(slug=p.slug, display_name=p.display_name, ruleset=p.ruleset)
     ctx.session.add(tenant)
     ctx.session.flush()
-    return Outcome({"tenant_id": tenant.id, "slug": tenant.slug, "ruleset": tenant.ruleset})
+    data: dict[str, Any] = {"tenant_id": tenant.id, "slug": tenant.slug, "ruleset": tenant.ruleset}
+    if p.admin is None:
+        return Outcome(data)
+    # Roles are per tenant, so the platform admin has none in the new tenant: its first admin is made here.
+    admin = Principal(tenant_id=tenant.id, name=p.admin, kind="user")
+    ctx.session.add(admin)
+    ctx.session.flush()
+    ctx.session.add(
+        RoleAssignment(tenant_id=tenant.id, principal_id=admin.id, role="admin", granted_by=ctx.principal.id)
+    )
+    token = new_token()
+    ctx.session.add(
+        ApiToken(
+            principal_id=admin.id,
+            prefix=token.prefix,
+            secret_hash=token.secret_hash,
+            description=f"first admin of {p.slug}",
+            expires_at=datetime.now(UTC) + timedelta(days=30),
+        )
+    )
+    return Outcome({**data, "admin": p.admin, "token_prefix": token.prefix}, secret=token.token)
 
 
 @handles(ActionKind.TENANT_UPDATE)
