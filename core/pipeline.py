@@ -316,6 +316,25 @@ class ControlPlane:
         )
         return result
 
+    def whoami(self, credential: TokenCredential | PrincipalRef) -> tuple[str, str] | None:
+        """The (home tenant slug, principal name) of a valid credential, or None. Reads only."""
+        with Session(read_only(self.engine)) as session:
+            principal, _, check = self._authenticate(session.connection(), credential, "", touch=False)
+            session.rollback()
+        if principal is None or check.outcome is not CheckOutcome.PASS:
+            return None
+        home, _, name = principal.label.partition("/")
+        return home, name
+
+    def ping(self) -> bool:
+        """Whether the database answers (readiness)."""
+        try:
+            with read_only(self.engine).connect() as conn:
+                conn.execute(_TENANT_BY_SLUG, {"slug": ""}).first()
+            return True
+        except Exception:
+            return False
+
     def explain(self, action: Action) -> Decision:
         """Decide an action without doing it: nothing is delegated, written or audited."""
         bundle = self._bundle

@@ -341,6 +341,40 @@ def audit_export(tenant: str, token: str | None, out: Path) -> None:
 
 
 @cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
+def serve(host: str, port: int, workers: int, log_level: str) -> None:
+    """Serve the admin REST API (Litestar on uvicorn) for the installation under FALAJ_HOME.
+
+    OpenAPI 3.1 at /schema/openapi.json; /healthz, /readyz and /metrics need no token.
+    """
+    import uvicorn
+
+    from falaj.core.keys import AuditSigner
+
+    try:
+        AuditSigner.load(_settings())  # fail fast, before binding, if the installation is not initialised
+    except FalajError as exc:
+        raise click.ClickException(str(exc)) from exc
+    uvicorn.run(
+        "falaj.api.rest.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=False,
+    )
+
+
+@cli.command()
 @click.option(
     "--home",
     type=click.Path(path_type=Path, file_okay=False),

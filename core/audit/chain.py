@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import Connection, Engine, bindparam, insert, select, text, update
@@ -21,7 +21,9 @@ from falaj.core.audit import verifier
 from falaj.core.audit.verifier import FIELDS, Checkpoint, VerifyReport, checkpoint_message
 from falaj.core.db import read_only
 from falaj.core.domain import AuditCheckpoint, AuditEvent, AuditHead
-from falaj.core.keys import AuditSigner
+
+if TYPE_CHECKING:
+    from falaj.core.keys import AuditSigner
 
 HEAD_ID = 1
 _LOCK_HEAD = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == HEAD_ID).with_for_update()
