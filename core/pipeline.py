@@ -679,8 +679,20 @@ def _resource(kind: ActionKind, payload: Payload) -> str:
 def _validation_message(exc: PydanticValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err.get("loc", ())) or "payload"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        loc = [str(p) for p in err.get("loc", ())]
+        where = ".".join(loc) or "payload"
+        message = f"{where}: {err.get('msg', 'invalid')}"
+        value = err.get("input")
+        # Name the unknown value (an unknown classification, region, role...), but never echo a secret.
+        if (
+            isinstance(value, str | int | float)
+            and not isinstance(value, bool)
+            and len(str(value)) <= 63
+            and not _SECRET_FIELDS.intersection(loc)
+            and err.get("type") not in ("missing", "extra_forbidden")
+        ):
+            message += f" (got {value!r})"
+        parts.append(message)
     more = len(exc.errors()) - 5
     return "invalid payload: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 

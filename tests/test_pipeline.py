@@ -118,6 +118,7 @@ def test_malformed_payload_names_the_field(world):
     result = world.act("dataset.register", bad, as_="eng")
     assert_denied_and_audited(world, result, "payload", "classification", before)
     assert "residency" in result.decision.failures[0].reason
+    assert "(got 'secret-ish')" in result.decision.failures[0].reason  # the unknown value is named
     result = world.act("dataset.register", dict(DATASET, surprise=1), as_="eng")
     assert "surprise" in result.decision.failures[0].reason
 
