@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -14,6 +14,8 @@ from falaj.core.actions import ActionKind, Payload
 from falaj.core.decision import Decision
 from falaj.core.domain import Backend
 from falaj.core.errors import ConflictError, NotFoundError, ValidationError
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from falaj.core.pipeline import ControlPlane
@@ -61,6 +63,14 @@ class HandlerContext:
         if folder.exists() and any(folder.iterdir()):
             raise ConflictError(f"export {name!r} already exists: choose a new name")
         return folder
+
+    def named(self, model: type[T], name: str) -> T:
+        """The tenant's row of ``model`` (Deployment, Model, ...) called ``name``, or NotFoundError."""
+        table: Any = model
+        row = self.session.scalar(select(table).where(table.tenant_id == self.tenant.id, table.name == name))
+        if row is None:
+            raise NotFoundError(f"no {table.__tablename__[:-1]} named {name!r} in tenant {self.tenant.slug!r}")
+        return cast(T, row)
 
     def backend(self, name: str, kind: str) -> Backend:
         row = self.session.scalar(select(Backend).where(Backend.tenant_id == self.tenant.id, Backend.name == name))

@@ -387,13 +387,6 @@ def vote(ctx: HandlerContext) -> Outcome:
     )
 
 
-def _deployment_row(ctx: HandlerContext, name: str) -> Deployment:
-    row = ctx.session.scalar(select(Deployment).where(Deployment.tenant_id == ctx.tenant.id, Deployment.name == name))
-    if row is None:
-        raise NotFoundError(f"no deployment {name!r} in tenant {ctx.tenant.slug!r}")
-    return row
-
-
 def _serving_spec(ctx: HandlerContext, deployment: Deployment) -> dict[str, Any]:
     variants = []
     for v in deployment.traffic:
@@ -424,7 +417,7 @@ def _serving_spec(ctx: HandlerContext, deployment: Deployment) -> dict[str, Any]
 @handles(ActionKind.DEPLOYMENT_ROLLOUT)
 def rollout(ctx: HandlerContext) -> Outcome:
     p: DeploymentRef = typed(ctx, DeploymentRef)
-    deployment = _deployment_row(ctx, p.name)
+    deployment = ctx.named(Deployment, p.name)
     if deployment.status != "approved":
         raise ConflictError(
             f"deployment {p.name!r} is {deployment.status}: only an approved deployment rolls out (request a new one)"
@@ -443,7 +436,7 @@ def rollout(ctx: HandlerContext) -> Outcome:
 @handles(ActionKind.DEPLOYMENT_RETIRE)
 def retire(ctx: HandlerContext) -> Outcome:
     p: DeploymentRef = typed(ctx, DeploymentRef)
-    deployment = _deployment_row(ctx, p.name)
+    deployment = ctx.named(Deployment, p.name)
     if deployment.status == "live":
         runtime_row = ctx.session.get(Backend, deployment.runtime_backend_id)
         assert runtime_row is not None

@@ -42,13 +42,6 @@ def _dataset(ctx: HandlerContext, name: str) -> Dataset:
     return ds
 
 
-def _deployment(ctx: HandlerContext, name: str) -> Deployment:
-    row = ctx.session.scalar(select(Deployment).where(Deployment.tenant_id == ctx.tenant.id, Deployment.name == name))
-    if row is None:
-        raise NotFoundError(f"no deployment {name!r} in tenant {ctx.tenant.slug!r}")
-    return row
-
-
 @handles(ActionKind.TRANSFER_BASIS_RECORD)
 def record_transfer_basis(ctx: HandlerContext) -> Outcome:
     p: TransferBasisRecord = typed(ctx, TransferBasisRecord)
@@ -106,7 +99,7 @@ def record_residency_exception(ctx: HandlerContext) -> Outcome:
 @handles(ActionKind.OBJECTION_RECORD)
 def record_objection(ctx: HandlerContext) -> Outcome:
     p: ObjectionRecord = typed(ctx, ObjectionRecord)
-    deployment = _deployment(ctx, p.deployment)
+    deployment = ctx.named(Deployment, p.deployment)
     policy = next((f for f in deployment.flags if isinstance(f, dict) and f.get("type") == "inference-policy"), {})
     if not policy.get("automated_decisions"):
         raise ValidationError(f"deployment {p.deployment!r} does not make automated decisions")
@@ -125,7 +118,7 @@ def record_objection(ctx: HandlerContext) -> Outcome:
 @handles(ActionKind.INFERENCE_POLICY_SET)
 def set_inference_policy(ctx: HandlerContext) -> Outcome:
     p: InferencePolicySet = typed(ctx, InferencePolicySet)
-    deployment = _deployment(ctx, p.deployment)
+    deployment = ctx.named(Deployment, p.deployment)
     contact = p.human_review_contact or deployment.human_review_contact
     if p.automated_decisions and not contact:
         raise ValidationError("a deployment making automated decisions needs a human_review_contact (PDPL Art. 18)")

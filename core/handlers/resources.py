@@ -177,13 +177,6 @@ def withdraw_consent(ctx: HandlerContext) -> Outcome:
     return Outcome({"subject_id": p.subject_id, "purpose": p.purpose, "withdrawn_at": row.withdrawn_at.isoformat()})
 
 
-def _model(ctx: HandlerContext, name: str) -> Model:
-    row = ctx.session.scalar(select(Model).where(Model.tenant_id == ctx.tenant.id, Model.name == name))
-    if row is None:
-        raise NotFoundError(f"no model named {name!r} in tenant {ctx.tenant.slug!r}")
-    return row
-
-
 @handles(ActionKind.MODEL_REGISTER)
 def register_model(ctx: HandlerContext) -> Outcome:
     p: ModelRegister = typed(ctx, ModelRegister)
@@ -198,7 +191,7 @@ def register_model(ctx: HandlerContext) -> Outcome:
 @handles(ActionKind.MODEL_VERSION_REGISTER)
 def register_model_version(ctx: HandlerContext) -> Outcome:
     p: ModelVersionRegister = typed(ctx, ModelVersionRegister)
-    model = _model(ctx, p.model)
+    model = ctx.named(Model, p.model)
     backend = ctx.backend(p.storage_backend, "storage")
     store = ctx.plane.backend_instance(ctx.tenant.slug, backend)
     if not store.exists(p.artifact_digest, tenant=ctx.tenant.slug):
@@ -265,7 +258,7 @@ def _attach_signature(ctx: HandlerContext, version: ModelVersion, bundle: dict[s
 @handles(ActionKind.MODEL_ALIAS_SET)
 def set_model_alias(ctx: HandlerContext) -> Outcome:
     p: ModelAliasSet = typed(ctx, ModelAliasSet)
-    model = _model(ctx, p.model)
+    model = ctx.named(Model, p.model)
     version = ctx.session.scalar(
         select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == p.version)
     )
