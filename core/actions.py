@@ -333,6 +333,52 @@ class ReportExport(Payload):
     format: Literal["json", "csv", "pdf"] = "json"
 
 
+class ArtifactUpload(Payload):
+    """Store an artifact staged by a streamed upload (the REST API writes the staging file).
+
+    ``upload_id`` names the staging file under ``FALAJ_HOME/uploads/<tenant>/``; ``sha256`` and ``size`` are
+    what the upload measured, checked again before anything is stored. ``layout`` is ``tar`` (a folder as an
+    uncompressed tar archive) or ``file`` (one file, stored under ``filename``).
+    """
+
+    storage_backend: Name
+    upload_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+    sha256: Digest
+    size: int = Field(ge=1)
+    layout: Literal["tar", "file"] = "tar"
+    filename: Name | None = None
+
+
+WebhookEvent = Annotated[str, StringConstraints(pattern=r"^(\*|[a-z_]+\.(\*|[a-z_]+))$")]
+
+
+class WebhookSubscribe(Payload):
+    """Deliver events of ``event_types`` (``deployment.*``, ``approval.vote``, ``*``) with these outcomes."""
+
+    name: Name
+    url: Annotated[str, StringConstraints(min_length=8, max_length=2048, pattern=r"^https?://")]
+    event_types: list[WebhookEvent] = Field(min_length=1, max_length=64)
+    outcomes: list[Literal["succeeded", "pending", "denied", "failed"]] = Field(
+        default_factory=lambda: ["succeeded", "pending"], min_length=1
+    )
+    description: Annotated[str, StringConstraints(max_length=200)] = ""
+
+
+class WebhookName(Payload):
+    name: Name
+
+
+class WebhookRedeliver(Payload):
+    delivery_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+
+
+class WebhookAllowTarget(Payload):
+    """Allow webhook targets in a private or loopback range for this tenant (e.g. ``10.20.0.0/16``)."""
+
+    cidr: Annotated[str, StringConstraints(min_length=3, max_length=49)]
+    note: Comment
+
+
 class AuditExport(Payload):
     """``destination`` names a new folder under ``FALAJ_HOME/exports/<tenant>/`` (a name, not a path)."""
 
@@ -389,6 +435,11 @@ class ActionKind(enum.StrEnum):
     POLICY_RELOAD = "policy.reload"
     AUDIT_VERIFY = "audit.verify"
     AUDIT_EXPORT = "audit.export"
+    ARTIFACT_UPLOAD = "artifact.upload"
+    WEBHOOK_SUBSCRIBE = "webhook.subscribe"
+    WEBHOOK_UNSUBSCRIBE = "webhook.unsubscribe"
+    WEBHOOK_REDELIVER = "webhook.redeliver"
+    WEBHOOK_ALLOW_TARGET = "webhook.allow_target"
 
     @property
     def resource_type(self) -> str:
@@ -449,6 +500,11 @@ PAYLOADS: dict[ActionKind, type[Payload]] = {
     ActionKind.POLICY_RELOAD: Empty,
     ActionKind.AUDIT_VERIFY: Empty,
     ActionKind.AUDIT_EXPORT: AuditExport,
+    ActionKind.ARTIFACT_UPLOAD: ArtifactUpload,
+    ActionKind.WEBHOOK_SUBSCRIBE: WebhookSubscribe,
+    ActionKind.WEBHOOK_UNSUBSCRIBE: WebhookName,
+    ActionKind.WEBHOOK_REDELIVER: WebhookRedeliver,
+    ActionKind.WEBHOOK_ALLOW_TARGET: WebhookAllowTarget,
 }
 
 
@@ -494,6 +550,9 @@ class Action:
     principal: TokenCredential | PrincipalRef
     payload: dict[str, Any] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
+    #: A client's key for retrying a creating request safely: the first answer is stored with the action
+    #: and given again for the same key and payload, without doing the action twice.
+    idempotency_key: str | None = None
 
 
 def parse_kind(raw: str) -> ActionKind | None:

@@ -33,3 +33,13 @@ class PluginError(FalajError):
     def __init__(self, plugin: str, message: str) -> None:
         super().__init__(f"plugin {plugin!r}: {message}")
         self.plugin = plugin
+
+
+class ReadDenied(FalajError):
+    """A read was refused: ``check`` names the failing check (tenant, authenticate, rbac); it was audited."""
+
+    def __init__(self, check: str, reason: str, audit_seq: int | None = None) -> None:
+        super().__init__(reason)
+        self.check = check
+        self.reason = reason
+        self.audit_seq = audit_seq

@@ -11,10 +11,10 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import ValidationError as PydanticValidationError
@@ -38,6 +38,7 @@ from falaj.core.decision import CheckOutcome, CheckResult, Decision, Verdict
 from falaj.core.domain import (
     ApiToken,
     Backend,
+    IdempotencyRecord,
     ModelVersion,
     Operation,
     PolicyBundleRecord,
@@ -46,7 +47,14 @@ from falaj.core.domain import (
     Tenant,
     new_id,
 )
-from falaj.core.errors import BackendError, ConflictError, FalajError, NotFoundError, ValidationError
+from falaj.core.errors import (
+    BackendError,
+    ConflictError,
+    FalajError,
+    NotFoundError,
+    ReadDenied,
+    ValidationError,
+)
 from falaj.core.handlers import HANDLERS, PENDING_HANDLERS, HandlerContext, Outcome, PrincipalView, TenantView
 from falaj.core.keys import AuditSigner
 from falaj.core.plugin import BackendConfig, CheckContext, PluginRegistry, create_plugin_manager
@@ -56,6 +64,8 @@ from falaj.core.policy.engine import PolicyEngine
 from falaj.core.policy.facts import FactLoader
 from falaj.core.tokens import secret_matches, split_token
 
+_T = TypeVar("_T")
+IDEMPOTENCY_TTL = timedelta(hours=24)
 log = logging.getLogger(__name__)
 _AFTER_COMMIT = "falaj.after_commit"
 NO_ROLES: frozenset[str] = frozenset()
@@ -96,6 +106,7 @@ class Result:
     error_type: str | None = None  # validation | not_found | conflict | backend | internal
     audit_seq: int | None = None
     secret: str | None = field(default=None, repr=False)
+    replayed: bool = False  # the stored answer to an earlier request with the same Idempotency-Key
 
     @property
     def ok(self) -> bool:
@@ -261,8 +272,15 @@ class ControlPlane:
                 + hashlib.sha256(repr((action.kind, action.payload)).encode("utf-8", "backslashreplace")).hexdigest()
             )
         session = self.sessions()
+        key = action.idempotency_key
         try:
             ev = self._evaluate(session, action, bundle, authorizer)
+            if key is not None and ev.principal is not None:
+                replay = self._idempotency_check(session, ev, action, key, payload_digest, bundle.digest)
+                if replay is not None:
+                    session.rollback()
+                    session.close()
+                    return replay
             decision = Decision.from_checks(ev.checks, bundle.digest)
             self.registry.notify(
                 "falaj_before_action",
@@ -285,8 +303,29 @@ class ControlPlane:
                 self._delegate(session, ev, decision, operation_id, result)
             elif decision.verdict is Verdict.PENDING and ev.kind in PENDING_HANDLERS:
                 self._delegate(session, ev, decision, operation_id, result, pending=True)
+            if key is not None and ev.principal is not None and result.outcome in ("succeeded", "pending"):
+                self._store_idempotent(session, ev, action, key, payload_digest, result)
             self._record(session, action, ev, decision, result, payload_digest)
+            if key is not None and ev.principal is not None and result.outcome in ("succeeded", "pending"):
+                session.execute(
+                    update(IdempotencyRecord)
+                    .where(IdempotencyRecord.principal_id == ev.principal.id, IdempotencyRecord.key == key)
+                    .values(audit_seq=result.audit_seq)
+                )
             session.commit()
+        except IntegrityError as exc:
+            session.rollback()
+            self.audit.discard_pending(session)
+            session.close()
+            if key is None or "idempotency" not in str(exc.orig).lower():
+                raise
+            # A concurrent request with the same key committed first: give its answer.
+            with self.sessions() as again:
+                assert ev.principal is not None
+                replay = self._idempotency_check(again, ev, action, key, payload_digest, bundle.digest)
+            if replay is None:
+                raise
+            return replay
         except Exception:
             session.rollback()
             self.audit.discard_pending(session)
@@ -316,6 +355,76 @@ class ControlPlane:
         )
         return result
 
+    def _idempotency_check(
+        self, session: Session, ev: _Evaluation, action: Action, key: str, payload_digest: str, bundle_digest: str
+    ) -> Result | None:
+        """The stored answer for ``key``, or None; a key reused for another request adds a failing check."""
+        assert ev.principal is not None
+        if not isinstance(key, str) or not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
+            ev.checks.append(
+                CheckResult.failed("idempotency", "Idempotency-Key must be 1 to 255 printable ASCII characters")
+            )
+            return None
+        now = datetime.now(UTC)
+        stored = session.scalar(
+            select(IdempotencyRecord).where(
+                IdempotencyRecord.principal_id == ev.principal.id, IdempotencyRecord.key == key
+            )
+        )
+        if stored is None:
+            return None
+        if stored.expires_at <= now:
+            session.delete(stored)
+            session.flush()
+            return None
+        if stored.kind != action.kind or stored.tenant != action.tenant or stored.payload_digest != payload_digest:
+            ev.checks.append(
+                CheckResult.failed(
+                    "idempotency",
+                    f"Idempotency-Key {key[:64]!r} was first used for another request ({stored.kind} in "
+                    f"{stored.tenant!r}, operation {stored.operation_id}); send a new key for a new request",
+                )
+            )
+            return None
+        decision = Decision.from_checks(
+            [CheckResult.passed("idempotency", f"the answer of operation {stored.operation_id}, given again")],
+            bundle_digest,
+        )
+        return Result(
+            operation_id=stored.operation_id,
+            kind=stored.kind,
+            tenant=stored.tenant,
+            principal=ev.principal.label,
+            resource=ev.resource,
+            decision=decision,
+            outcome=stored.outcome,
+            data=dict(stored.result),
+            audit_seq=stored.audit_seq,
+            replayed=True,
+        )
+
+    def _store_idempotent(
+        self, session: Session, ev: _Evaluation, action: Action, key: str, payload_digest: str, result: Result
+    ) -> None:
+        assert ev.principal is not None
+        now = datetime.now(UTC)
+        session.execute(
+            insert(IdempotencyRecord).values(
+                id=new_id(),
+                created_at=now,
+                principal_id=ev.principal.id,
+                key=key,
+                tenant=str(action.tenant)[:63],
+                kind=str(action.kind)[:63],
+                payload_digest=payload_digest,
+                operation_id=result.operation_id,
+                outcome=result.outcome,
+                result=result.data,
+                audit_seq=None,
+                expires_at=now + IDEMPOTENCY_TTL,
+            )
+        )
+
     def whoami(self, credential: TokenCredential | PrincipalRef) -> tuple[str, str] | None:
         """The (home tenant slug, principal name) of a valid credential, or None. Reads only."""
         with Session(read_only(self.engine)) as session:
@@ -342,6 +451,61 @@ class ControlPlane:
             ev = self._evaluate(session, action, bundle, self.authorizer, dry_run=True)
             session.rollback()
         return Decision.from_checks(ev.checks, bundle.digest)
+
+    def read(
+        self,
+        credential: TokenCredential | PrincipalRef,
+        tenant_slug: str,
+        resource_type: str,
+        query: Callable[[Session, TenantView], _T],
+    ) -> _T:
+        """Run a read (``query``) for a principal allowed ``<resource_type>.read`` in the tenant.
+
+        Authentication, tenant and RBAC are decided exactly as for an action; an allowed read is not
+        audited (it changes nothing), a denied one is, like every denial. Raises :class:`ReadDenied`.
+        """
+        bundle, authorizer = self._bundle, self.authorizer
+        kind = f"{resource_type}.read"
+        checks: list[CheckResult] = []
+        session = self.sessions()
+        try:
+            conn = session.connection()
+            row = conn.execute(_TENANT_BY_SLUG, {"slug": tenant_slug}).first()
+            tenant = TenantView(*row) if row is not None else None
+            label = _label(credential)
+            principal = None
+            if tenant is None or tenant.disabled:
+                checks.append(CheckResult.failed("tenant", f"unknown tenant {tenant_slug[:63]!r}"))
+            else:
+                principal, roles, auth = self._authenticate(conn, credential, tenant.id)
+                checks.append(auth)
+                if principal is not None:
+                    label = principal.label
+                    rbac = authorizer.check(roles, tenant.slug, resource_type, "read")
+                    if rbac.outcome is CheckOutcome.FAIL and principal.tenant_id != tenant.id:
+                        rbac = CheckResult.failed(
+                            "rbac", f"{label} belongs to another tenant and has no role in {tenant.slug!r}"
+                        )
+                    checks.append(rbac)
+            decision = Decision.from_checks(checks, bundle.digest)
+            if decision.allowed and tenant is not None:
+                answer = query(session, tenant)
+                session.commit()  # the token's last use, if it was touched
+                return answer
+            result = Result(new_id(), kind, tenant_slug, label, resource_type, decision, "denied")
+            ev = _Evaluation(None, tenant, principal, label, None, resource_type, checks)
+            action = Action(kind=kind, tenant=tenant_slug, principal=credential, payload={})
+            self._record(session, action, ev, decision, result, payload_sha256(kind, {}))
+            session.commit()
+            self.audit.after_commit(session)
+        except Exception:
+            session.rollback()
+            self.audit.discard_pending(session)
+            raise
+        finally:
+            session.close()
+        failure = next(c for c in checks if c.outcome is CheckOutcome.FAIL)
+        raise ReadDenied(failure.check, failure.reason, result.audit_seq)
 
     def _delegate(
         self,

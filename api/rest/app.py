@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from litestar import Litestar, Request, Response, get, post
 from litestar.config.response_cache import ResponseCacheConfig
 from litestar.datastructures import State
@@ -24,8 +25,9 @@ from litestar.params import Parameter
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from falaj.api.rest.problems import EXCEPTION_HANDLERS, ApiProblem
+from falaj.api.rest.reads import READ_ROUTES, credential
 from falaj.core import __version__
-from falaj.core.actions import Action, ActionKind, TokenCredential, parse_kind
+from falaj.core.actions import Action, ActionKind, parse_kind
 from falaj.core.decision import CheckOutcome
 
 MAX_BODY = 1024 * 1024  # 1 MiB for JSON bodies; artifacts are uploaded by stream elsewhere
@@ -33,14 +35,6 @@ MAX_BODY = 1024 * 1024  # 1 MiB for JSON bodies; artifacts are uploaded by strea
 
 def plane_of(state: State) -> Any:
     return state.plane
-
-
-def credential(request: Request[Any, Any, Any]) -> TokenCredential:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ApiProblem(401, "unauthenticated", "send an API token: Authorization: Bearer flj_<id>_<secret>")
-    return TokenCredential(token.strip())
 
 
 def run_action(
@@ -168,12 +162,13 @@ def _resource_route(
         operation_id=operation_id,
         tags=[tag],
         summary=summary,
-        sync_to_thread=True,
         request_max_body_size=MAX_BODY,
         description=f"Runs the governed action `{kind.value}`.",
     )
-    def handler(request: Request[Any, Any, Any], tenant: str, data: dict[str, Any]) -> Response[Any]:
-        return run_action(request, kind.value, tenant, data, created=created)
+    async def handler(request: Request[Any, Any, Any], tenant: str, data: dict[str, Any]) -> Response[Any]:
+        # async + a worker thread by hand: a path with a GET and a POST registers its handlers twice, and
+        # Litestar would wrap a sync_to_thread handler a second time.
+        return await anyio.to_thread.run_sync(lambda: run_action(request, kind.value, tenant, data, created=created))
 
     handler.fn.__name__ = operation_id  # distinct handler names for the OpenAPI schema
     return handler
@@ -348,6 +343,7 @@ def create_app(plane: Any = None) -> Litestar:
             create_tenant,
             list_plugins,
             *RESOURCE_ROUTES,
+            *READ_ROUTES,
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -12,13 +12,20 @@ from falaj.core.domain.governance import (
     ModelSignature,
     Objection,
     Operation,
-    OutboxEvent,
     PolicyBundleRecord,
     ResidencyException,
     SigningKey,
     TransferBasis,
 )
 from falaj.core.domain.identity import ApiToken, Principal, RoleAssignment, Tenant
+from falaj.core.domain.integration import (
+    ComplianceReportRecord,
+    IdempotencyRecord,
+    WebhookAllowEntry,
+    WebhookCursor,
+    WebhookDelivery,
+    WebhookSubscription,
+)
 from falaj.core.domain.lifecycle import (
     Backend,
     ConsentRecord,
@@ -43,6 +50,7 @@ __all__ = [
     "Backend",
     "Base",
     "Budget",
+    "ComplianceReportRecord",
     "ConsentRecord",
     "CostRecord",
     "Dataset",
@@ -51,6 +59,7 @@ __all__ = [
     "DriftReport",
     "ErasureRequest",
     "FeatureView",
+    "IdempotencyRecord",
     "LineageEdge",
     "Model",
     "ModelAlias",
@@ -58,7 +67,6 @@ __all__ = [
     "ModelVersion",
     "Objection",
     "Operation",
-    "OutboxEvent",
     "PolicyBundleRecord",
     "Principal",
     "ResidencyException",
@@ -67,6 +75,10 @@ __all__ = [
     "Tenant",
     "TrainingRun",
     "TransferBasis",
+    "WebhookAllowEntry",
+    "WebhookCursor",
+    "WebhookDelivery",
+    "WebhookSubscription",
     "new_id",
     "utcnow",
 ]

@@ -1,4 +1,4 @@
-"""Operations (the record of every action), approvals, lineage, cost, outbox, keys and policy bundles."""
+"""Operations (the record of every action), approvals, lineage, cost, keys and policy bundles."""
 
 from __future__ import annotations
 
@@ -98,17 +98,6 @@ class Budget(IdMixin, CreatedMixin, Base):
     period: Mapped[str] = mapped_column(String(7))  # YYYY-MM
     limit_amount: Mapped[Decimal] = mapped_column(Numeric(18, 2))
     currency: Mapped[str] = mapped_column(String(3), default="AED")
-
-
-class OutboxEvent(IdMixin, CreatedMixin, Base):
-    """An event written in the same transaction as its action, delivered to webhooks afterwards."""
-
-    __tablename__ = "outbox_events"
-
-    tenant_id: Mapped[str | None] = mapped_column(String(32), index=True)
-    event_type: Mapped[str] = mapped_column(String(63))
-    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    delivered_at: Mapped[datetime | None]
 
 
 class SigningKey(IdMixin, CreatedMixin, Base):
