@@ -244,6 +244,8 @@ class ArtifactSign(Payload):
     identity_token: Annotated[str, StringConstraints(min_length=20, max_length=8192)] | None = Field(
         default=None, repr=False
     )
+    #: A bundle made offline with the private half of a registered key (``key_id``): verified, then attached.
+    signature_bundle: dict[str, Any] | None = None
 
 
 class ArtifactRef(Payload):

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
-from typing import Any
+import tarfile
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
 
 from falaj.core.errors import BackendError, ValidationError
 from falaj.core.plugin import ArtifactStore
@@ -37,9 +38,60 @@ def put_folder(store: ArtifactStore, tenant: str, folder: Path) -> tuple[str, di
         files[rel] = {"digest": info.digest, "size": info.size}
     if not files:
         raise ValidationError(f"{folder} holds no files")
+    return _manifest(store, tenant, files)
+
+
+MAX_TAR_MEMBERS = 10_000
+
+
+def _manifest(store: ArtifactStore, tenant: str, files: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     manifest = {"format": FORMAT, "files": files}
     blob = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode("utf-8")
     return store.put(io.BytesIO(blob), tenant=tenant).digest, manifest
+
+
+def put_tar(store: ArtifactStore, tenant: str, stream: BinaryIO) -> tuple[str, dict[str, Any]]:
+    """Store the regular files of an uncompressed tar archive, read as a stream, and their manifest.
+
+    Only regular files and folders are accepted: links, devices, absolute names and ``..`` are refused,
+    so an archive can never name a file outside the artifact.
+    """
+    files: dict[str, dict[str, Any]] = {}
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as archive:
+            for count, member in enumerate(archive, start=1):
+                if count > MAX_TAR_MEMBERS:
+                    raise ValidationError(f"the archive holds more than {MAX_TAR_MEMBERS} entries")
+                name = PurePosixPath(member.name)
+                parts = [p for p in name.parts if p != "."]
+                if name.is_absolute() or ".." in parts:
+                    raise ValidationError(f"archive entry {member.name[:200]!r} points outside the artifact")
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    raise ValidationError(
+                        f"archive entry {member.name[:200]!r} is a link or a device: artifacts hold regular files only"
+                    )
+                if not parts:
+                    continue
+                rel = "/".join(parts)
+                if rel in files:
+                    raise ValidationError(f"archive entry {rel!r} appears twice")
+                source = archive.extractfile(member)
+                assert source is not None
+                info = store.put(source, tenant=tenant)
+                files[rel] = {"digest": info.digest, "size": info.size}
+    except tarfile.TarError as exc:
+        raise ValidationError(f"the upload is not a readable tar archive: {exc}") from exc
+    if not files:
+        raise ValidationError("the archive holds no files")
+    return _manifest(store, tenant, files)
+
+
+def put_file(store: ArtifactStore, tenant: str, filename: str, stream: BinaryIO) -> tuple[str, dict[str, Any]]:
+    """Store one file as a one-file artifact named ``filename``."""
+    info = store.put(stream, tenant=tenant)
+    return _manifest(store, tenant, {filename: {"digest": info.digest, "size": info.size}})
 
 
 def read_manifest(store: ArtifactStore, tenant: str, digest: str) -> dict[str, Any]:

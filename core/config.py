@@ -66,6 +66,11 @@ class Settings:
         return self.home / "data"
 
     @property
+    def uploads_dir(self) -> Path:
+        """Staging for streamed uploads (``uploads/<tenant>/<id>.part``), moved into a store by an action."""
+        return self.home / "uploads"
+
+    @property
     def exports_dir(self) -> Path:
         """Exports (audit log, model versions) are written under ``exports/<tenant>/``."""
         return self.home / "exports"

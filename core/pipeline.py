@@ -458,14 +458,19 @@ class ControlPlane:
         tenant_slug: str,
         resource_type: str,
         query: Callable[[Session, TenantView], _T],
+        *,
+        verb: str = "read",
     ) -> _T:
-        """Run a read (``query``) for a principal allowed ``<resource_type>.read`` in the tenant.
+        """Run a read (``query``) for a principal allowed ``<resource_type>.<verb>`` in the tenant.
+
+        ``verb`` other than ``read`` pre-authorizes a step that precedes an action (a streamed upload is
+        authorized before its bytes are written, then stored by the governed action itself).
 
         Authentication, tenant and RBAC are decided exactly as for an action; an allowed read is not
         audited (it changes nothing), a denied one is, like every denial. Raises :class:`ReadDenied`.
         """
         bundle, authorizer = self._bundle, self.authorizer
-        kind = f"{resource_type}.read"
+        kind = f"{resource_type}.{verb}"
         checks: list[CheckResult] = []
         session = self.sessions()
         try:
@@ -481,7 +486,7 @@ class ControlPlane:
                 checks.append(auth)
                 if principal is not None:
                     label = principal.label
-                    rbac = authorizer.check(roles, tenant.slug, resource_type, "read")
+                    rbac = authorizer.check(roles, tenant.slug, resource_type, verb)
                     if rbac.outcome is CheckOutcome.FAIL and principal.tenant_id != tenant.id:
                         rbac = CheckResult.failed(
                             "rbac", f"{label} belongs to another tenant and has no role in {tenant.slug!r}"

@@ -30,6 +30,7 @@ from falaj.core.domain import (
     AuditEvent,
     Backend,
     Budget,
+    ComplianceReportRecord,
     ConsentRecord,
     CostRecord,
     Dataset,
@@ -51,6 +52,9 @@ from falaj.core.domain import (
     Tenant,
     TrainingRun,
     TransferBasis,
+    WebhookAllowEntry,
+    WebhookDelivery,
+    WebhookSubscription,
 )
 from falaj.core.errors import NotFoundError, ValidationError
 
@@ -583,6 +587,94 @@ _add(
         None,
         key="digest",
         summary="Policy bundles loaded into this installation, and when each was activated",
+    )
+)
+
+_add(
+    ListSpec(
+        "webhooks",
+        "webhook",
+        WebhookSubscription,
+        _cols(
+            WebhookSubscription,
+            "id",
+            "name",
+            "url",
+            "event_types",
+            "outcomes",
+            "description",
+            "active",
+            "created_by",
+            "created_at",
+        ),
+        {"name": "str", "active": "bool"},
+        ("created_at", "name"),
+        WebhookSubscription.tenant_id,
+        key="name",
+        summary="Webhook subscriptions (the signing secret was shown once)",
+    )
+)
+_add(
+    ListSpec(
+        "webhook-deliveries",
+        "webhook",
+        WebhookDelivery,
+        {
+            "id": WebhookDelivery.id,
+            "webhook": WebhookSubscription.name.label("webhook"),
+            "event_seq": WebhookDelivery.event_seq,
+            "event_type": WebhookDelivery.event_type,
+            "generation": WebhookDelivery.generation,
+            "status": WebhookDelivery.status,
+            "attempts": WebhookDelivery.attempts,
+            "next_attempt_at": WebhookDelivery.next_attempt_at,
+            "last_status_code": WebhookDelivery.last_status_code,
+            "last_error": WebhookDelivery.last_error,
+            "delivered_at": WebhookDelivery.delivered_at,
+            "history": WebhookDelivery.history,
+            "body": WebhookDelivery.body,
+            "created_at": WebhookDelivery.created_at,
+        },
+        {"webhook": "str", "status": "str", "event_type": "str", "event_seq": "int"},
+        ("created_at",),
+        WebhookDelivery.tenant_id,
+        joins=((WebhookSubscription, WebhookDelivery.subscription_id == WebhookSubscription.id),),
+        summary="Webhook deliveries: every attempt, its answer, and what is still to be retried",
+    )
+)
+_add(
+    ListSpec(
+        "webhook-allowlist",
+        "webhook",
+        WebhookAllowEntry,
+        _cols(WebhookAllowEntry, "id", "cidr", "note", "created_by", "created_at"),
+        {"cidr": "str"},
+        ("created_at",),
+        WebhookAllowEntry.tenant_id,
+        summary="Private or loopback ranges allowed as webhook targets",
+    )
+)
+_add(
+    ListSpec(
+        "reports",
+        "report",
+        ComplianceReportRecord,
+        _cols(
+            ComplianceReportRecord,
+            "id",
+            "period_start",
+            "period_end",
+            "format",
+            "size",
+            "sha256",
+            "signature",
+            "created_by",
+            "created_at",
+        ),
+        {"format": "str"},
+        ("created_at",),
+        ComplianceReportRecord.tenant_id,
+        summary="Exported compliance reports with their detached signatures",
     )
 )
 

@@ -10,6 +10,7 @@ decides, so the API can never allow what the CLI would deny. Results map to HTTP
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import Parameter
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from falaj.api.rest.integration import INTEGRATION_ROUTES
 from falaj.api.rest.problems import EXCEPTION_HANDLERS, ApiProblem
 from falaj.api.rest.reads import READ_ROUTES, credential
 from falaj.core import __version__
@@ -50,6 +52,7 @@ def run_action(
             principal=credential(request),
             payload=payload,
             context={"source": "rest", "path": str(request.url.path)},
+            idempotency_key=request.headers.get("idempotency-key"),
         )
     )
     metrics = request.app.state.metrics
@@ -66,6 +69,9 @@ def run_action(
         }
         if result.secret:
             body["secret"] = result.secret  # shown once; never stored
+        if result.replayed:
+            body["replayed"] = True
+            return Response(body, status_code=201 if created else 200, headers={"Idempotency-Replayed": "true"})
         return Response(body, status_code=201 if created else 200)
     if result.outcome == "pending":
         return Response(
@@ -75,8 +81,10 @@ def run_action(
                 "data": result.data,
                 "audit_seq": result.audit_seq,
                 "checks": checks,
+                **({"replayed": True} if result.replayed else {}),
             },
             status_code=202,
+            headers={"Idempotency-Replayed": "true"} if result.replayed else None,
         )
     if result.outcome == "denied":
         failure = next((c for c in result.decision.checks if c.outcome is CheckOutcome.FAIL), None)
@@ -86,7 +94,7 @@ def run_action(
             raise ApiProblem(401, "unauthenticated", reason, **extra)
         if name == "tenant" or (name == "rbac" and "belongs to another tenant" in reason):
             raise ApiProblem(404, "not-found", f"no tenant {tenant!r} here", **extra)
-        if name in ("payload", "action"):
+        if name in ("payload", "action", "idempotency"):
             raise ApiProblem(422, "validation", reason, checks=checks, **extra)
         raise ApiProblem(403, "forbidden", reason, checks=checks, **extra)
     status = {"validation": 422, "not_found": 404, "conflict": 409, "backend": 502}.get(result.error_type or "", 500)
@@ -269,6 +277,64 @@ RESOURCE_ROUTES = [
         created=False,
     ),
     _resource_route(
+        "/api/v1/tenants/{tenant:str}/reports",
+        ActionKind.REPORT_EXPORT,
+        "exportReport",
+        "reports",
+        "Export a signed compliance report for a period (json, csv or pdf)",
+    ),
+    _resource_route(
+        "/api/v1/tenants/{tenant:str}/webhooks",
+        ActionKind.WEBHOOK_SUBSCRIBE,
+        "subscribeWebhook",
+        "webhooks",
+        "Subscribe a URL to events (the signing secret is shown once)",
+    ),
+    _resource_route(
+        "/api/v1/tenants/{tenant:str}/webhooks/unsubscribe",
+        ActionKind.WEBHOOK_UNSUBSCRIBE,
+        "unsubscribeWebhook",
+        "webhooks",
+        "Stop a webhook",
+        created=False,
+    ),
+    _resource_route(
+        "/api/v1/tenants/{tenant:str}/webhook-deliveries/redeliver",
+        ActionKind.WEBHOOK_REDELIVER,
+        "redeliverWebhook",
+        "webhooks",
+        "Send a past delivery again",
+    ),
+    _resource_route(
+        "/api/v1/tenants/{tenant:str}/webhook-allowlist",
+        ActionKind.WEBHOOK_ALLOW_TARGET,
+        "allowWebhookTarget",
+        "webhooks",
+        "Allow a private or loopback range as webhook target",
+    ),
+    _resource_route(
+        "/api/v1/tenants/{tenant:str}/model-aliases",
+        ActionKind.MODEL_ALIAS_SET,
+        "setModelAlias",
+        "models",
+        "Point an alias (champion, challenger) at a version",
+        created=False,
+    ),
+    _resource_route(
+        "/api/v1/tenants/{tenant:str}/signatures",
+        ActionKind.ARTIFACT_SIGN,
+        "signArtifact",
+        "models",
+        "Sign a model version with a Falaj-held key, keyless, or attach an offline bundle",
+    ),
+    _resource_route(
+        "/api/v1/tenants/{tenant:str}/training-runs",
+        ActionKind.TRAINING_SUBMIT,
+        "submitTraining",
+        "training-runs",
+        "Submit a training run",
+    ),
+    _resource_route(
         "/api/v1/tenants/{tenant:str}/policies/reload",
         ActionKind.POLICY_RELOAD,
         "reloadPolicy",
@@ -308,6 +374,26 @@ def list_plugins(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     return [dict(p.__dict__) for p in plane.registry.plugins.values()]
 
 
+def _webhook_dispatcher(plane: Any) -> Any:
+    """Each server worker runs a dispatcher (deliveries are claimed with leases, so they never collide).
+
+    FALAJ_WEBHOOKS=off turns it off; FALAJ_WEBHOOK_RETRY_BASE (seconds, default 5) and
+    FALAJ_WEBHOOK_MAX_ATTEMPTS (default 8) shape the exponential backoff.
+    """
+    if os.environ.get("FALAJ_WEBHOOKS", "on").lower() in ("off", "0", "false", "no"):
+        return None
+    from falaj.core.keys import master_key
+    from falaj.core.webhooks import Dispatcher, RetryPolicy
+
+    retry = RetryPolicy(
+        base_seconds=float(os.environ.get("FALAJ_WEBHOOK_RETRY_BASE", "5")),
+        max_attempts=int(os.environ.get("FALAJ_WEBHOOK_MAX_ATTEMPTS", "8")),
+    )
+    dispatcher = Dispatcher(plane.engine, master_key(plane.settings), retry=retry)
+    dispatcher.start(interval=float(os.environ.get("FALAJ_WEBHOOK_INTERVAL", "0.5")))
+    return dispatcher
+
+
 def create_app(plane: Any = None) -> Litestar:
     """The application. Without ``plane`` it opens the installation named by the FALAJ_* environment."""
     registry = CollectorRegistry()
@@ -327,9 +413,12 @@ def create_app(plane: Any = None) -> Litestar:
             app.state.plane = ControlPlane.open()
         else:
             app.state.plane = plane
+        dispatcher = _webhook_dispatcher(app.state.plane) if own else None
         try:
             yield
         finally:
+            if dispatcher is not None:
+                dispatcher.stop()
             if own:
                 app.state.plane.close()
 
@@ -344,6 +433,7 @@ def create_app(plane: Any = None) -> Litestar:
             list_plugins,
             *RESOURCE_ROUTES,
             *READ_ROUTES,
+            *INTEGRATION_ROUTES,
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,

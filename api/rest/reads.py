@@ -35,11 +35,13 @@ def credential(request: Request[Any, Any, Any]) -> TokenCredential:
     return TokenCredential(token.strip())
 
 
-def governed_read(request: Request[Any, Any, Any], tenant: str, resource_type: str, query: Any) -> Any:
-    """Authenticate, authorize ``<resource_type>.read`` and run ``query(session, tenant_view)``."""
+def governed_read(
+    request: Request[Any, Any, Any], tenant: str, resource_type: str, query: Any, *, verb: str = "read"
+) -> Any:
+    """Authenticate, authorize ``<resource_type>.<verb>`` and run ``query(session, tenant_view)``."""
     plane = request.app.state.plane
     try:
-        return plane.read(credential(request), tenant, resource_type, query)
+        return plane.read(credential(request), tenant, resource_type, query, verb=verb)
     except ReadDenied as exc:
         extra = {"audit_seq": exc.audit_seq}
         if exc.check == "authenticate":

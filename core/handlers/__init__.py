@@ -1,6 +1,6 @@
 """Handlers: what each allowed action does. Importing this package registers them all."""
 
-from falaj.core.handlers import governance, identity, lifecycle, privacy, resources
+from falaj.core.handlers import governance, identity, integration, lifecycle, privacy, resources
 from falaj.core.handlers.base import (
     HANDLERS,
     PENDING_HANDLERS,
@@ -23,6 +23,7 @@ __all__ = [
     "governance",
     "handles",
     "identity",
+    "integration",
     "lifecycle",
     "privacy",
     "resources",

@@ -165,6 +165,8 @@ def sign_artifact(ctx: HandlerContext) -> Outcome:
         raise NotFoundError(f"no signing key {p.key_id!r} in tenant {ctx.tenant.slug!r}")
     if key.revoked_at is not None:
         raise ValidationError(f"signing key {p.key_id} is revoked")
+    if p.signature_bundle is not None:
+        return _attach_bundle(ctx, p, mv, key)
     if key.private_key_pem is None:
         raise ValidationError(
             f"Falaj does not hold the private half of {p.key_id}: sign offline and register "
@@ -179,6 +181,26 @@ def sign_artifact(ctx: HandlerContext) -> Outcome:
     problem = ctx.plane.verify_signature(ctx.session, ctx.tenant.slug, mv, bundle, key.public_key_pem)
     if problem:
         raise BackendError(f"the new signature does not verify: {problem}")
+    existing = ctx.session.scalar(
+        select(ModelSignature).where(ModelSignature.model_version_id == mv.id, ModelSignature.key_id == key.key_id)
+    )
+    if existing is not None:
+        existing.bundle = bundle
+    else:
+        ctx.session.add(
+            ModelSignature(model_version_id=mv.id, key_id=key.key_id, bundle=bundle, signed_by=ctx.principal.label)
+        )
+    mv.signature_bundle, mv.signer = bundle, key.key_id
+    return Outcome({"model": p.model, "version": p.version, "key_id": key.key_id, "signer": key.owner})
+
+
+def _attach_bundle(ctx: HandlerContext, p: ArtifactSign, mv: Any, key: SigningKey) -> Outcome:
+    """Attach a signature made offline: it must verify against the stored files with the registered key."""
+    assert p.signature_bundle is not None
+    bundle = dict(p.signature_bundle)
+    problem = ctx.plane.verify_signature(ctx.session, ctx.tenant.slug, mv, bundle, key.public_key_pem)
+    if problem:
+        raise ValidationError(f"signature_bundle does not verify with {key.key_id}: {problem}")
     existing = ctx.session.scalar(
         select(ModelSignature).where(ModelSignature.model_version_id == mv.id, ModelSignature.key_id == key.key_id)
     )
