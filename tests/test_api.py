@@ -2,76 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.apiserver import auth, running_server
+
 PROBLEM = "application/problem+json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def server(request, tmp_path: Path) -> Iterator[tuple[httpx.Client, str]]:
-    env = dict(os.environ, FALAJ_HOME=str(tmp_path / "home"))
-    env.pop("FALAJ_DATABASE_URL", None)
-    cleanup = None
-    if request.param == "postgres":
-        from tests.conftest import drop_pg_database, fresh_pg_database
-
-        template = request.getfixturevalue("pg_template")
-        if template is None:
-            pytest.skip("PostgreSQL unavailable")
-        name, url = fresh_pg_database(template)
-        env["FALAJ_DATABASE_URL"] = url
-        cleanup = name
-    init = subprocess.run(
-        [sys.executable, "-m", "falaj.api.cli", "init", "--json"], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert init.returncode == 0, init.stderr
-    token = json.loads(init.stdout)["token"]
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "falaj.api.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    try:
-        for _ in range(200):
-            try:
-                if client.get("/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        else:
-            raise AssertionError("server did not start: " + (proc.stdout.read(4000).decode() if proc.stdout else ""))
-        yield client, token
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(timeout=20)
-        if cleanup:
-            from tests.conftest import drop_pg_database
-
-            drop_pg_database(cleanup)
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+    with running_server(request, tmp_path, request.param) as srv:
+        yield srv.client, srv.token
 
 
 def test_health_readiness_metrics_and_openapi(server):

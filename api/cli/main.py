@@ -340,6 +340,98 @@ def audit_export(tenant: str, token: str | None, out: Path) -> None:
         sys.exit(1)
 
 
+@cli.group()
+def report() -> None:
+    """Compliance reports: export (governed, signed) and verify."""
+
+
+def _period(value: str, name: str) -> str:
+    from datetime import UTC, datetime
+
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a date or time (e.g. 2026-11-01)", param_hint=name) from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.isoformat()
+
+
+@report.command("export")
+@tenant_option
+@token_option
+@click.option("--from", "period_start", required=True, help="Start of the period (ISO date or time; UTC if naive).")
+@click.option("--to", "period_end", required=True, help="End of the period, exclusive.")
+@click.option("--format", "fmt", type=click.Choice(["json", "csv", "pdf"]), default="pdf", show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="File to write.")
+def report_export(tenant: str, token: str | None, period_start: str, period_end: str, fmt: str, out: Path) -> None:
+    """Export the tenant's compliance report for a period (governed: report.export).
+
+    Writes FILE and its detached signature FILE.sig.json; check them with `falaj report verify`.
+    """
+    import shutil
+
+    from falaj.core.actions import Action
+    from falaj.core.domain import ComplianceReportRecord
+
+    if out.exists():
+        raise click.UsageError(f"{out} exists: choose a new file")
+    payload = {
+        "period_start": _period(period_start, "--from"),
+        "period_end": _period(period_end, "--to"),
+        "format": fmt,
+    }
+    plane = _plane()
+    try:
+        result = plane.execute(Action(kind="report.export", tenant=tenant, principal=_token(token), payload=payload))
+        if result.ok:
+            with plane.sessions() as session:
+                row = session.get(ComplianceReportRecord, result.data["report_id"])
+                assert row is not None
+                source = Path(row.path)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, out)
+            signature = out.with_name(out.name + ".sig.json")
+            signature.write_text(json.dumps(result.data["signature"], indent=2) + "\n", encoding="utf-8")
+            result.data["written"] = str(out.resolve())
+            result.data["signature_file"] = str(signature.resolve())
+    finally:
+        plane.close()
+    _print_result(result, False)
+    if not result.ok:
+        sys.exit(1)
+
+
+@report.command("verify")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "--signature",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Detached signature (default: FILE.sig.json).",
+)
+@click.option(
+    "--public-key",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="The installation's Ed25519 public key (keys/audit-ed25519.pub.pem), obtained from the operator.",
+)
+def report_verify(file: Path, signature: Path | None, public_key: Path) -> None:
+    """Check that a report file is exactly what the installation signed."""
+    from falaj.core.reports import verify_report
+
+    sig_path = signature or file.with_name(file.name + ".sig.json")
+    if not sig_path.exists():
+        raise click.UsageError(f"no signature at {sig_path}: pass --signature")
+    try:
+        doc = json.loads(sig_path.read_text(encoding="utf-8"))
+        verify_report(file.read_bytes(), doc, public_key.read_bytes())
+    except (ValueError, TypeError) as exc:
+        console.print(f"[red]NOT VERIFIED[/red]: {exc}")
+        sys.exit(1)
+    console.print(f"[green]verified[/green]: {file} was signed by {doc.get('key_id')} and is unchanged")
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
