@@ -351,6 +351,8 @@ class ArtifactUpload(Payload):
     filename: Name | None = None
 
 
+WebhookOutcome = Literal["succeeded", "pending", "denied", "failed"]
+DEFAULT_OUTCOMES: tuple[WebhookOutcome, ...] = ("succeeded", "pending")
 WebhookEvent = Annotated[str, StringConstraints(pattern=r"^(\*|[a-z_]+\.(\*|[a-z_]+))$")]
 
 
@@ -360,9 +362,7 @@ class WebhookSubscribe(Payload):
     name: Name
     url: Annotated[str, StringConstraints(min_length=8, max_length=2048, pattern=r"^https?://")]
     event_types: list[WebhookEvent] = Field(min_length=1, max_length=64)
-    outcomes: list[Literal["succeeded", "pending", "denied", "failed"]] = Field(
-        default_factory=lambda: ["succeeded", "pending"], min_length=1
-    )
+    outcomes: list[WebhookOutcome] = Field(default_factory=lambda: list(DEFAULT_OUTCOMES), min_length=1)
     description: Annotated[str, StringConstraints(max_length=200)] = ""
 
 

@@ -12,7 +12,7 @@ import io
 import json
 import tarfile
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from falaj.core.errors import BackendError, ValidationError
 from falaj.core.plugin import ArtifactStore
@@ -79,7 +79,7 @@ def put_tar(store: ArtifactStore, tenant: str, stream: BinaryIO) -> tuple[str, d
                     raise ValidationError(f"archive entry {rel!r} appears twice")
                 source = archive.extractfile(member)
                 assert source is not None
-                info = store.put(source, tenant=tenant)
+                info = store.put(cast(BinaryIO, source), tenant=tenant)
                 files[rel] = {"digest": info.digest, "size": info.size}
     except tarfile.TarError as exc:
         raise ValidationError(f"the upload is not a readable tar archive: {exc}") from exc

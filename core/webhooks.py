@@ -78,7 +78,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         raw = min(self.cap_seconds, self.base_seconds * 2 ** max(0, attempt - 1))
-        return raw * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
+        return float(raw * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not security
 
 
 # -- the signing secret -----------------------------------------------------------------------------------

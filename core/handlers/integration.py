@@ -85,11 +85,11 @@ def export_report(ctx: HandlerContext) -> Outcome:
     p: ReportExport = typed(ctx, ReportExport)
     if p.period_start.tzinfo is None or p.period_end.tzinfo is None:
         raise ValidationError("period_start, period_end: give a time zone (e.g. 2026-11-01T00:00:00Z)")
-    report = reports.build_report(ctx.plane, ctx.tenant.slug, p.period_start, p.period_end)
+    report_id = new_id()
+    report = reports.build_report(ctx.plane, ctx.tenant.slug, p.period_start, p.period_end, report_id=report_id)
     data = reports.render(report, p.format)
     signer = ctx.plane.signer or AuditSigner.load(ctx.plane.settings)
     signature = reports.sign_report(data, signer)
-    report_id = new_id()
     folder = ctx.plane.settings.exports_dir / ctx.tenant.slug / "reports"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{report_id}{reports.EXTENSIONS[p.format]}"
