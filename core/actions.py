@@ -28,6 +28,9 @@ NodeClass = Literal["cpu-smb", "gpu-cluster"]
 Environment = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,31}$")]
 
 
+MAX_VERSION = 2**31 - 1  # version numbers fit a 32-bit column on every database
+
+
 class Payload(BaseModel):
     """Base of every payload: unknown fields are refused, strings are not coerced from numbers."""
 
@@ -112,7 +115,7 @@ class DatasetRegister(Payload):
 
 class DatasetRetire(Payload):
     name: Name
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=MAX_VERSION)
 
 
 class ConsentRecordPayload(Payload):
@@ -167,7 +170,7 @@ class ModelVersionExport(Payload):
     """``destination`` names a new folder under ``FALAJ_HOME/exports/<tenant>/`` (a name, not a path)."""
 
     model: Name
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
     destination: Name
 
 
@@ -184,7 +187,7 @@ class FeatureViewApply(Payload):
     name: Name
     entities: list[Name] = Field(min_length=1)
     features: list[dict[str, str]] = Field(min_length=1)
-    ttl_seconds: int | None = Field(default=None, ge=1)
+    ttl_seconds: int | None = Field(default=None, ge=1, le=10 * 365 * 86400)
     source_dataset: Name
     transformation: str | None = None
 
@@ -231,7 +234,7 @@ class ModelVersionRegister(Payload):
 class ModelAliasSet(Payload):
     model: Name
     alias: Role
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
 
 
 class ArtifactSign(Payload):
@@ -239,7 +242,7 @@ class ArtifactSign(Payload):
     "sigstore"`` and an OIDC ``identity_token``; never stored or audited, only its digest)."""
 
     model: Name
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
     key_id: Annotated[str, StringConstraints(min_length=1, max_length=71)]
     identity_token: Annotated[str, StringConstraints(min_length=20, max_length=8192)] | None = Field(
         default=None, repr=False
@@ -271,7 +274,7 @@ class SigningKeyRevoke(Payload):
 # -- deployments, approvals, serving policy, monitoring ---------------------------------------------------
 class TrafficVariant(Payload):
     model: Name
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
     weight: int = Field(ge=0, le=100)
     shadow: bool = False
 
@@ -346,7 +349,7 @@ class ArtifactUpload(Payload):
     storage_backend: Name
     upload_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
     sha256: Digest
-    size: int = Field(ge=1)
+    size: int = Field(ge=1, le=2**62)
     layout: Literal["tar", "file"] = "tar"
     filename: Name | None = None
 

@@ -60,6 +60,7 @@ from falaj.core.errors import NotFoundError, ValidationError
 
 FieldType = Literal["str", "int", "bool", "datetime"]
 MAX_LIMIT = 200
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 DEFAULT_LIMIT = 50
 
 
@@ -711,7 +712,10 @@ def _coerce(spec: ListSpec, name: str, raw: Any) -> Any:
         return None
     try:
         if kind == "int":
-            return int(raw)
+            number = int(raw)
+            if not INT64_MIN <= number <= INT64_MAX:
+                raise ValueError(raw)
+            return number
         if kind == "bool":
             if isinstance(raw, bool):
                 return raw

@@ -20,16 +20,17 @@ import anyio.to_thread
 from litestar import Litestar, Request, Response, get, post
 from litestar.config.response_cache import ResponseCacheConfig
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import Parameter
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from falaj.api.rest.integration import INTEGRATION_ROUTES
+from falaj.api.rest.models import PENDING, ActionResult, errors, payload_body
 from falaj.api.rest.problems import EXCEPTION_HANDLERS, ApiProblem
 from falaj.api.rest.reads import READ_ROUTES, credential
 from falaj.core import __version__
-from falaj.core.actions import Action, ActionKind, parse_kind
+from falaj.core.actions import PAYLOADS, Action, ActionKind, parse_kind
 from falaj.core.decision import CheckOutcome
 
 MAX_BODY = 1024 * 1024  # 1 MiB for JSON bodies; artifacts are uploaded by stream elsewhere
@@ -112,7 +113,14 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok", "version": __version__}
 
 
-@get("/readyz", operation_id="ready", tags=["health"], summary="Readiness: the database answers", sync_to_thread=True)
+@get(
+    "/readyz",
+    operation_id="ready",
+    tags=["health"],
+    summary="Readiness: the database answers",
+    sync_to_thread=True,
+    responses={503: ResponseSpec(data_container=dict[str, str], description="The database does not answer")},
+)
 def readyz(state: State) -> Response[dict[str, str]]:
     ready = plane_of(state).ping()
     return Response({"status": "ready" if ready else "unavailable"}, status_code=200 if ready else 503)
@@ -129,12 +137,16 @@ async def metrics(state: State) -> Response[bytes]:
     operation_id="executeAction",
     tags=["actions"],
     summary="Run any governed action",
-    description="The payload is the action kind's payload (see `falaj actions`). 201 when it created, 200 "
-    "otherwise, 202 when pending approval; problem+json otherwise.",
+    description="The payload is the action kind's payload (see `falaj actions`). 200 when done, 202 when "
+    "pending approval; problem+json otherwise.",
     sync_to_thread=True,
     request_max_body_size=MAX_BODY,
+    status_code=200,
+    responses={**errors(), 202: PENDING},
 )
-def execute_action(request: Request[Any, Any, Any], tenant: str, kind: str, data: dict[str, Any]) -> Response[Any]:
+def execute_action(
+    request: Request[Any, Any, Any], tenant: str, kind: str, data: dict[str, Any]
+) -> Response[ActionResult]:
     return run_action(request, kind, tenant, data)
 
 
@@ -146,6 +158,7 @@ def execute_action(request: Request[Any, Any, Any], tenant: str, kind: str, data
     sync_to_thread=True,
     request_max_body_size=MAX_BODY,
     status_code=200,
+    responses=errors(400, 401, 404, 413, 422),
 )
 def explain(request: Request[Any, Any, Any], tenant: str, data: dict[str, Any]) -> dict[str, Any]:
     kind = data.get("kind")
@@ -172,12 +185,15 @@ def _resource_route(
         summary=summary,
         request_max_body_size=MAX_BODY,
         description=f"Runs the governed action `{kind.value}`.",
+        status_code=201 if created else 200,
+        responses={**errors(), 202: PENDING},
     )
-    async def handler(request: Request[Any, Any, Any], tenant: str, data: dict[str, Any]) -> Response[Any]:
+    async def handler(request: Request[Any, Any, Any], tenant: str, data: dict[str, Any]) -> Response[ActionResult]:
         # async + a worker thread by hand: a path with a GET and a POST registers its handlers twice, and
         # Litestar would wrap a sync_to_thread handler a second time.
         return await anyio.to_thread.run_sync(lambda: run_action(request, kind.value, tenant, data, created=created))
 
+    handler.fn.__annotations__["data"] = payload_body(PAYLOADS[kind])
     handler.fn.__name__ = operation_id  # distinct handler names for the OpenAPI schema
     return handler
 
@@ -352,12 +368,16 @@ RESOURCE_ROUTES = [
     summary="Create a tenant (platform-admin)",
     sync_to_thread=True,
     request_max_body_size=MAX_BODY,
+    responses=errors(),
 )
-def create_tenant(request: Request[Any, Any, Any], data: dict[str, Any]) -> Response[Any]:
+def create_tenant(request: Request[Any, Any, Any], data: dict[str, Any]) -> Response[ActionResult]:
     who = plane_of(request.app.state).whoami(credential(request))
     if who is None:
         raise ApiProblem(401, "unauthenticated", "unknown, expired or revoked API token")
     return run_action(request, ActionKind.TENANT_CREATE.value, who[0], data, created=True)
+
+
+create_tenant.fn.__annotations__["data"] = payload_body(PAYLOADS[ActionKind.TENANT_CREATE])
 
 
 @get(
@@ -366,6 +386,7 @@ def create_tenant(request: Request[Any, Any, Any], data: dict[str, Any]) -> Resp
     tags=["plugins"],
     summary="Every plugin and its state",
     sync_to_thread=True,
+    responses=errors(401),
 )
 def list_plugins(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     plane = plane_of(request.app.state)

@@ -24,6 +24,7 @@ from litestar.exceptions import ClientException
 from litestar.params import Parameter
 from litestar.response import File
 
+from falaj.api.rest.models import ActionResult, errors
 from falaj.api.rest.problems import ApiProblem
 from falaj.api.rest.reads import governed_read
 from falaj.core.domain import ComplianceReportRecord, new_id
@@ -91,6 +92,7 @@ async def _stream_to(request: Request[Any, Any, Any], path: Path, limit: int) ->
     "(FALAJ_MAX_UPLOAD_BYTES).",
     request_max_body_size=None,
     status_code=201,
+    responses=errors(),
 )
 async def upload_artifact(
     request: Request[Any, Any, Any],
@@ -98,7 +100,7 @@ async def upload_artifact(
     storage_backend: Annotated[str, Parameter(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,119}$")],
     layout: Literal["tar", "file"] = "tar",
     filename: Annotated[str | None, Parameter(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,119}$")] = None,
-) -> Response[Any]:
+) -> Response[ActionResult]:
     from falaj.api.rest.app import run_action
 
     expected = _expected_digest(request)
@@ -139,6 +141,7 @@ async def upload_artifact(
     "against the stored artifact with the key `key_id` (query). Runs `artifact.sign`.",
     request_max_body_size=None,
     status_code=200,
+    responses=errors(),
 )
 async def upload_signature(
     request: Request[Any, Any, Any],
@@ -146,7 +149,7 @@ async def upload_signature(
     model: str,
     version: Annotated[int, Parameter(ge=1, le=2**31 - 1)],
     key_id: Annotated[str, Parameter(min_length=1, max_length=71)],
-) -> Response[Any]:
+) -> Response[ActionResult]:
     from falaj.api.rest.app import run_action
 
     chunks: list[bytes] = []
@@ -190,6 +193,7 @@ def _report(request: Request[Any, Any, Any], tenant: str, report_id: str) -> Com
     description="Needs `report.read`. `Repr-Digest` carries the SHA-256 the detached signature covers.",
     sync_to_thread=True,
     media_type="application/octet-stream",
+    responses=errors(400, 401, 403, 404, 422),
 )
 def download_report(request: Request[Any, Any, Any], tenant: str, report_id: str) -> File:
     from falaj.core.reports import EXTENSIONS, MEDIA_TYPES
@@ -214,6 +218,7 @@ def download_report(request: Request[Any, Any, Any], tenant: str, report_id: str
     summary="The detached Ed25519 signature of an exported report",
     description="Verify with `falaj report verify FILE --signature SIG --public-key KEY`.",
     sync_to_thread=True,
+    responses=errors(400, 401, 403, 404, 422),
 )
 def report_signature(request: Request[Any, Any, Any], tenant: str, report_id: str) -> dict[str, Any]:
     return dict(_report(request, tenant, report_id).signature)

@@ -14,10 +14,11 @@ from typing import Annotated, Any
 from litestar import Request, get
 from litestar.params import Parameter
 
+from falaj.api.rest.models import Page, errors
 from falaj.api.rest.problems import ApiProblem
 from falaj.core.actions import TokenCredential
 from falaj.core.errors import NotFoundError, ReadDenied, ValidationError
-from falaj.core.queries import DEFAULT_LIMIT, MAX_LIMIT, SPECS, ListSpec, get_item, list_page
+from falaj.core.queries import DEFAULT_LIMIT, INT64_MAX, INT64_MIN, MAX_LIMIT, SPECS, ListSpec, get_item, list_page
 
 _PY: dict[str, type] = {"str": str, "int": int, "bool": bool, "datetime": datetime}
 
@@ -110,18 +111,20 @@ def _list_route(spec: ListSpec) -> Any:
     ]
     for name, kind in spec.filters.items():
         py = _PY[kind]
-        constraint = (
-            Parameter(description=f"Only items whose {name} equals this", max_length=300)
-            if py is str
-            else (Parameter(description=f"Only items whose {name} equals this"))
-        )
+        described = f"Only items whose {name} equals this"
+        if py is str:
+            constraint = Parameter(description=described, max_length=300)
+        elif py is int:
+            constraint = Parameter(description=described, ge=INT64_MIN, le=INT64_MAX)
+        else:
+            constraint = Parameter(description=described)
         parameters.append(
             inspect.Parameter(
                 name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[py | None, constraint], default=None
             )
         )
-    handler.__signature__ = inspect.Signature(parameters, return_annotation=dict[str, Any])  # type: ignore[attr-defined]
-    handler.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": dict[str, Any]}
+    handler.__signature__ = inspect.Signature(parameters, return_annotation=Page)  # type: ignore[attr-defined]
+    handler.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": Page}
     op = "list" + _camel(spec.name)
     handler.__name__ = handler.__qualname__ = op
     return get(
@@ -133,6 +136,7 @@ def _list_route(spec: ListSpec) -> Any:
         + f". Needs `{spec.rbac}.read`. Keyset pagination: follow `next_cursor` until it is null. "
         f"Filters: {', '.join(spec.filters) or 'none'}. Sorts: {', '.join(spec.sorts)}.",
         sync_to_thread=True,
+        responses=errors(400, 401, 403, 404, 422),
     )(handler)
 
 
@@ -144,10 +148,15 @@ def _item_route(spec: ListSpec) -> Any:
             request, tenant, spec.rbac, lambda session, t: get_item(session, spec, t.id, t.slug, key)
         )
 
+    key_annotation: Any = (
+        Annotated[int, Parameter(ge=INT64_MIN, le=INT64_MAX)]
+        if key_type is int
+        else Annotated[str, Parameter(max_length=300)]
+    )
     handler.__annotations__ = {
         "request": Request[Any, Any, Any],
         "tenant": str,
-        "key": key_type,
+        "key": key_annotation,
         "return": dict[str, Any],
     }
     op = "get" + _camel(spec.name)
@@ -160,6 +169,7 @@ def _item_route(spec: ListSpec) -> Any:
         summary=f"One of {spec.name} by {spec.key}",
         description=f"Needs `{spec.rbac}.read`. 404 when there is none in this tenant.",
         sync_to_thread=True,
+        responses=errors(400, 401, 403, 404, 422),
     )(handler)
 
 
@@ -178,6 +188,7 @@ def _tenant_route() -> Any:
         summary="The tenant",
         description="Needs `tenant.read` in the tenant.",
         sync_to_thread=True,
+        responses=errors(401, 403, 404),
     )(getTenant)
 
 
