@@ -23,6 +23,7 @@ from schemathesis.checks import (
 
 from tests.apiserver import Server, running_server
 
+EXAMPLES = int(os.environ.get("FALAJ_FUZZ_EXAMPLES", "25"))  # per operation; more for a deeper local run
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
@@ -59,7 +60,7 @@ def test_no_operation_fails_or_breaks_its_schema(label, live):
     operation = OPERATIONS[label]
 
     @given(case=operation.as_strategy())
-    @settings(max_examples=int(os.environ.get("FALAJ_FUZZ_EXAMPLES", "25")), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     def fuzz(case: schemathesis.Case) -> None:
         if "tenant" in (case.path_parameters or {}):
             case.path_parameters["tenant"] = "fuzz"
