@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -33,7 +34,7 @@ from falaj.core.actions import (
 )
 from falaj.core.audit import AuditEntry, AuditLog, sha256_digest
 from falaj.core.config import Settings
-from falaj.core.db import create_db_engine, read_only, session_factory
+from falaj.core.db import create_db_engine, is_sqlite, read_only, session_factory
 from falaj.core.decision import CheckOutcome, CheckResult, Decision, Verdict
 from falaj.core.domain import (
     ApiToken,
@@ -146,6 +147,7 @@ class ControlPlane:
         self.settings = settings
         self.engine = engine or create_db_engine(settings.database_url, echo=settings.echo_sql)
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
+        self._write_lock = threading.RLock() if is_sqlite(str(self.engine.url)) else None
         self.registry = registry or create_plugin_manager()
         # An explicit bundle pins it; otherwise the bundle activated last in the database is in force
         # (falaj init stores the first one), so every worker follows an audited policy.reload.
@@ -271,71 +273,73 @@ class ControlPlane:
                 "sha256:"
                 + hashlib.sha256(repr((action.kind, action.payload)).encode("utf-8", "backslashreplace")).hexdigest()
             )
-        session = self.sessions()
-        key = action.idempotency_key
-        try:
-            ev = self._evaluate(session, action, bundle, authorizer)
-            if key is not None and ev.principal is not None:
-                replay = self._idempotency_check(session, ev, action, key, payload_digest, bundle.digest)
-                if replay is not None:
-                    session.rollback()
-                    session.close()
-                    return replay
-            decision = Decision.from_checks(ev.checks, bundle.digest)
-            self.registry.notify(
-                "falaj_before_action",
-                kind=action.kind,
-                tenant=action.tenant,
-                principal=ev.principal_label,
-                resource=ev.resource,
-                verdict=str(decision.verdict),
-            )
-            result = Result(
-                operation_id=operation_id,
-                kind=action.kind,
-                tenant=action.tenant,
-                principal=ev.principal_label,
-                resource=ev.resource,
-                decision=decision,
-                outcome="denied" if decision.verdict is Verdict.DENY else "pending",
-            )
-            if decision.allowed:
-                self._delegate(session, ev, decision, operation_id, result)
-            elif decision.verdict is Verdict.PENDING and ev.kind in PENDING_HANDLERS:
-                self._delegate(session, ev, decision, operation_id, result, pending=True)
-            if key is not None and ev.principal is not None and result.outcome in ("succeeded", "pending"):
-                self._store_idempotent(session, ev, action, key, payload_digest, result)
-            self._record(session, action, ev, decision, result, payload_digest)
-            if key is not None and ev.principal is not None and result.outcome in ("succeeded", "pending"):
-                session.execute(
-                    update(IdempotencyRecord)
-                    .where(IdempotencyRecord.principal_id == ev.principal.id, IdempotencyRecord.key == key)
-                    .values(audit_seq=result.audit_seq)
+        # One writer at a time per process on SQLite (see _writing); PostgreSQL runs them side by side.
+        with self._writing():
+            session = self.sessions()
+            key = action.idempotency_key
+            try:
+                ev = self._evaluate(session, action, bundle, authorizer)
+                if key is not None and ev.principal is not None:
+                    replay = self._idempotency_check(session, ev, action, key, payload_digest, bundle.digest)
+                    if replay is not None:
+                        session.rollback()
+                        session.close()
+                        return replay
+                decision = Decision.from_checks(ev.checks, bundle.digest)
+                self.registry.notify(
+                    "falaj_before_action",
+                    kind=action.kind,
+                    tenant=action.tenant,
+                    principal=ev.principal_label,
+                    resource=ev.resource,
+                    verdict=str(decision.verdict),
                 )
-            session.commit()
-        except IntegrityError as exc:
-            session.rollback()
-            self.audit.discard_pending(session)
-            session.close()
-            if key is None or "idempotency" not in str(exc.orig).lower():
+                result = Result(
+                    operation_id=operation_id,
+                    kind=action.kind,
+                    tenant=action.tenant,
+                    principal=ev.principal_label,
+                    resource=ev.resource,
+                    decision=decision,
+                    outcome="denied" if decision.verdict is Verdict.DENY else "pending",
+                )
+                if decision.allowed:
+                    self._delegate(session, ev, decision, operation_id, result)
+                elif decision.verdict is Verdict.PENDING and ev.kind in PENDING_HANDLERS:
+                    self._delegate(session, ev, decision, operation_id, result, pending=True)
+                if key is not None and ev.principal is not None and result.outcome in ("succeeded", "pending"):
+                    self._store_idempotent(session, ev, action, key, payload_digest, result)
+                self._record(session, action, ev, decision, result, payload_digest)
+                if key is not None and ev.principal is not None and result.outcome in ("succeeded", "pending"):
+                    session.execute(
+                        update(IdempotencyRecord)
+                        .where(IdempotencyRecord.principal_id == ev.principal.id, IdempotencyRecord.key == key)
+                        .values(audit_seq=result.audit_seq)
+                    )
+                session.commit()
+            except IntegrityError as exc:
+                session.rollback()
+                self.audit.discard_pending(session)
+                session.close()
+                if key is None or "idempotency" not in str(exc.orig).lower():
+                    raise
+                # A concurrent request with the same key committed first: give its answer.
+                with self.sessions() as again:
+                    assert ev.principal is not None
+                    replay = self._idempotency_check(again, ev, action, key, payload_digest, bundle.digest)
+                if replay is None:
+                    raise
+                return replay
+            except Exception:
+                session.rollback()
+                self.audit.discard_pending(session)
+                session.close()
                 raise
-            # A concurrent request with the same key committed first: give its answer.
-            with self.sessions() as again:
-                assert ev.principal is not None
-                replay = self._idempotency_check(again, ev, action, key, payload_digest, bundle.digest)
-            if replay is None:
-                raise
-            return replay
-        except Exception:
-            session.rollback()
-            self.audit.discard_pending(session)
-            session.close()
-            raise
-        callbacks = session.info.pop(_AFTER_COMMIT, [])
-        try:
-            self.audit.after_commit(session)
-        finally:
-            session.close()
+            callbacks = session.info.pop(_AFTER_COMMIT, [])
+            try:
+                self.audit.after_commit(session)
+            finally:
+                session.close()
         for callback in callbacks:
             # The action is committed; what it triggers (a rollout after a quorum) is its own action, audited
             # on its own. Its failure must not turn this one into an exception.
@@ -452,6 +456,16 @@ class ControlPlane:
             session.rollback()
         return Decision.from_checks(ev.checks, bundle.digest)
 
+    def _writing(self) -> AbstractContextManager[Any]:
+        """Serialise this process's write transactions on SQLite.
+
+        SQLite has one writer at a time anyway; left to itself, a second writer waits in SQLite's busy
+        handler, which sleeps and polls with growing pauses, so under concurrent load a few unlucky
+        actions wait hundreds of milliseconds. A lock hands the database over in arrival order instead.
+        (Writers in other processes still meet at ``BEGIN IMMEDIATE``.) A no-op on PostgreSQL.
+        """
+        return self._write_lock if self._write_lock is not None else nullcontext()
+
     def read(
         self,
         credential: TokenCredential | PrincipalRef,
@@ -472,8 +486,10 @@ class ControlPlane:
         bundle, authorizer = self._bundle, self.authorizer
         kind = f"{resource_type}.{verb}"
         checks: list[CheckResult] = []
-        session = self.sessions()
-        try:
+        stale: list[str] = []  # the token's last use, to record after the read
+        # A read-only transaction: on SQLite it does not take the write lock, so reads never queue behind
+        # actions (WAL). Only a denial, or a token last used over a minute ago, opens a short write.
+        with Session(read_only(self.engine)) as session:
             conn = session.connection()
             row = conn.execute(_TENANT_BY_SLUG, {"slug": tenant_slug}).first()
             tenant = TenantView(*row) if row is not None else None
@@ -482,7 +498,7 @@ class ControlPlane:
             if tenant is None or tenant.disabled:
                 checks.append(CheckResult.failed("tenant", f"unknown tenant {tenant_slug[:63]!r}"))
             else:
-                principal, roles, auth = self._authenticate(conn, credential, tenant.id)
+                principal, roles, auth = self._authenticate(conn, credential, tenant.id, touch=stale)
                 checks.append(auth)
                 if principal is not None:
                     label = principal.label
@@ -495,20 +511,28 @@ class ControlPlane:
             decision = Decision.from_checks(checks, bundle.digest)
             if decision.allowed and tenant is not None:
                 answer = query(session, tenant)
-                session.commit()  # the token's last use, if it was touched
+                session.rollback()
+                if stale:
+                    with self._writing(), self.sessions() as write:
+                        write.execute(_TOUCH_TOKEN, {"token_id": stale[0], "now": datetime.now(UTC)})
+                        write.commit()
                 return answer
-            result = Result(new_id(), kind, tenant_slug, label, resource_type, decision, "denied")
-            ev = _Evaluation(None, tenant, principal, label, None, resource_type, checks)
-            action = Action(kind=kind, tenant=tenant_slug, principal=credential, payload={})
-            self._record(session, action, ev, decision, result, payload_sha256(kind, {}))
-            session.commit()
-            self.audit.after_commit(session)
-        except Exception:
             session.rollback()
-            self.audit.discard_pending(session)
-            raise
-        finally:
-            session.close()
+        result = Result(new_id(), kind, tenant_slug, label, resource_type, decision, "denied")
+        ev = _Evaluation(None, tenant, principal, label, None, resource_type, checks)
+        action = Action(kind=kind, tenant=tenant_slug, principal=credential, payload={})
+        with self._writing():
+            write = self.sessions()
+            try:
+                self._record(write, action, ev, decision, result, payload_sha256(kind, {}))
+                write.commit()
+                self.audit.after_commit(write)
+            except Exception:
+                write.rollback()
+                self.audit.discard_pending(write)
+                raise
+            finally:
+                write.close()
         failure = next(c for c in checks if c.outcome is CheckOutcome.FAIL)
         raise ReadDenied(failure.check, failure.reason, result.audit_seq)
 
@@ -698,9 +722,18 @@ class ControlPlane:
         return ev
 
     def _authenticate(
-        self, conn: Connection, credential: TokenCredential | PrincipalRef, tenant_id: str, *, touch: bool = True
+        self,
+        conn: Connection,
+        credential: TokenCredential | PrincipalRef,
+        tenant_id: str,
+        *,
+        touch: bool | list[str] = True,
     ) -> tuple[PrincipalView | None, frozenset[str], CheckResult]:
-        """Who is acting, and their roles in the action's tenant (one query: a row per role)."""
+        """Who is acting, and their roles in the action's tenant (one query: a row per role).
+
+        ``touch`` records the token's last use (at most once a minute): True writes it on ``conn``; a list
+        receives the token id instead, for the caller to write later (a read-only transaction).
+        """
         now = datetime.now(UTC)
         row: Any
         rows: Sequence[Any]
@@ -720,8 +753,11 @@ class ControlPlane:
                 return None, NO_ROLES, CheckResult.failed("authenticate", f"API token {parts[0]} was revoked")
             if row.expires_at is not None and row.expires_at <= now:
                 return None, NO_ROLES, CheckResult.failed("authenticate", f"API token {parts[0]} has expired")
-            if touch and (row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60):
-                conn.execute(_TOUCH_TOKEN, {"token_id": row.token_id, "now": now})
+            if touch is not False and (row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60):
+                if isinstance(touch, list):
+                    touch.append(row.token_id)
+                else:
+                    conn.execute(_TOUCH_TOKEN, {"token_id": row.token_id, "now": now})
         elif isinstance(credential, PrincipalRef):
             rows = conn.execute(_PRINCIPAL_BY_ID, {"pid": credential.principal_id, "tid": tenant_id}).all()
             row = rows[0] if rows else None

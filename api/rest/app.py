@@ -42,7 +42,7 @@ def plane_of(state: State) -> Any:
 
 def run_action(
     request: Request[Any, Any, Any], kind: str, tenant: str, payload: dict[str, Any], created: bool = False
-) -> Response[dict[str, Any]]:
+) -> Response[Any]:
     """Build the Action, let the control plane decide, and translate its result to HTTP."""
     plane = plane_of(request.app.state)
     started = time.perf_counter()

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import sqlite
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -150,10 +149,10 @@ def downgrade() -> None:
         "outbox_events",
         sa.Column("tenant_id", sa.VARCHAR(length=32), nullable=True),
         sa.Column("event_type", sa.VARCHAR(length=63), nullable=False),
-        sa.Column("payload", sqlite.JSON(), nullable=False),
-        sa.Column("delivered_at", sa.DATETIME(), nullable=True),
+        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("id", sa.VARCHAR(length=32), nullable=False),
-        sa.Column("created_at", sa.DATETIME(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox_events")),
     )
     with op.batch_alter_table("outbox_events", schema=None) as batch_op:
