@@ -128,6 +128,11 @@ def test_reads_are_governed_and_denials_audited(srv, acme):
     other = srv.tenant(f"{slug}-x")
     assert c.get(f"/api/v1/tenants/{slug}/backends/store", headers=auth(other)).status_code == 404
     assert c.get("/api/v1/tenants/no-such-tenant/backends", headers=auth(other)).status_code == 404
+    # Exporting the audit log is for the platform roles, not a tenant admin.
+    export = c.post(f"/api/v1/tenants/{slug}/audit/exports", headers=auth(admin), json={"destination": "e1"})
+    assert export.status_code == 403
+    export = c.post("/api/v1/tenants/operator/audit/exports", headers=auth(srv.token), json={"destination": slug})
+    assert export.status_code == 201 and export.json()["data"]["events"] > 0
     # Token hashes never leave the server.
     tokens = c.get(f"/api/v1/tenants/{slug}/tokens", headers=auth(admin)).json()["items"]
     assert tokens and all("hash" not in json.dumps(t) for t in tokens)
@@ -193,6 +198,11 @@ def test_artifact_upload_streams_checks_the_digest_and_registers(srv, acme):
     assert reg.status_code == 201, reg.text
     listed = c.get(f"/api/v1/tenants/{slug}/model-versions", headers=auth(eng), params={"model": "m"}).json()
     assert [v["artifact_digest"] for v in listed["items"]] == [data["artifact_digest"]]
+    manifest = c.get(f"/api/v1/tenants/{slug}/models/m/versions/1/artifact", headers=auth(eng)).json()
+    assert {f["path"]: f["size"] for f in manifest["files"]} == data["files"]
+    digests = {f["path"]: f["digest"] for f in manifest["files"]}
+    assert digests["weights/model.onnx.data"] == "sha256:" + hashlib.sha256(weights).hexdigest()
+    assert c.get(f"/api/v1/tenants/{slug}/models/m/versions/2/artifact", headers=auth(eng)).status_code == 404
     # RFC 9530 Repr-Digest works as well; a single file is an artifact too.
     one = b"\x00\x01" * 1000
     digest = base64.b64encode(hashlib.sha256(one).digest()).decode()

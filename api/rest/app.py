@@ -351,6 +351,13 @@ RESOURCE_ROUTES = [
         "Submit a training run",
     ),
     _resource_route(
+        "/api/v1/tenants/{tenant:str}/audit/exports",
+        ActionKind.AUDIT_EXPORT,
+        "exportAudit",
+        "audit",
+        "Export the audit log with signed checkpoints, a signed manifest and a standalone verifier",
+    ),
+    _resource_route(
         "/api/v1/tenants/{tenant:str}/policies/reload",
         ActionKind.POLICY_RELOAD,
         "reloadPolicy",

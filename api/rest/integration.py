@@ -23,6 +23,7 @@ from litestar import Request, Response, get, put
 from litestar.exceptions import ClientException
 from litestar.params import Parameter
 from litestar.response import File
+from sqlalchemy import select
 
 from falaj.api.rest.models import ActionResult, errors
 from falaj.api.rest.problems import ApiProblem
@@ -174,6 +175,52 @@ async def upload_signature(
     return await anyio.to_thread.run_sync(lambda: run_action(request, "artifact.sign", tenant, payload))
 
 
+@get(
+    "/api/v1/tenants/{tenant:str}/models/{model:str}/versions/{version:int}/artifact",
+    operation_id="getArtifactManifest",
+    tags=["models"],
+    summary="The files of a model version's artifact: path, SHA-256 and size of each",
+    description="Needs `model_version.read`. Read from the storage backend; each file is the one the signature covers.",
+    sync_to_thread=True,
+    responses=errors(400, 401, 403, 404, 422, 502),
+)
+def artifact_manifest(
+    request: Request[Any, Any, Any],
+    tenant: str,
+    model: Annotated[str, Parameter(max_length=120)],
+    version: Annotated[int, Parameter(ge=1, le=2**31 - 1)],
+) -> dict[str, Any]:
+    from falaj.core.artifacts import read_manifest
+    from falaj.core.domain import Backend, Model, ModelVersion
+    from falaj.core.errors import FalajError
+
+    plane = request.app.state.plane
+
+    def query(session: Any, t: Any) -> dict[str, Any]:
+        row = session.execute(
+            select(ModelVersion, Backend)
+            .join(Model, Model.id == ModelVersion.model_id)
+            .join(Backend, Backend.id == ModelVersion.storage_backend_id)
+            .where(Model.tenant_id == t.id, Model.name == model, ModelVersion.version == version)
+        ).first()
+        if row is None:
+            raise NotFoundError(f"model {model[:120]!r} has no version {version} in tenant {tenant!r}")
+        mv, backend = row
+        try:
+            manifest = read_manifest(plane.backend_instance(t.slug, backend), t.slug, mv.artifact_digest)
+        except FalajError as exc:
+            raise ApiProblem(502, "backend", f"the artifact could not be read: {exc}") from None
+        return {
+            "model": model,
+            "version": version,
+            "artifact_digest": mv.artifact_digest,
+            "storage_backend": backend.name,
+            "files": [{"path": path, **entry} for path, entry in sorted(manifest["files"].items())],
+        }
+
+    return governed_read(request, tenant, "model_version", query)  # type: ignore[no-any-return]
+
+
 def _report(request: Request[Any, Any, Any], tenant: str, report_id: str) -> ComplianceReportRecord:
     def query(session: Any, t: Any) -> ComplianceReportRecord:
         row = session.get(ComplianceReportRecord, report_id)
@@ -238,4 +285,11 @@ async def report_schema() -> dict[str, Any]:
     return json_schema()
 
 
-INTEGRATION_ROUTES = [upload_artifact, upload_signature, download_report, report_signature, report_schema]
+INTEGRATION_ROUTES = [
+    upload_artifact,
+    upload_signature,
+    artifact_manifest,
+    download_report,
+    report_signature,
+    report_schema,
+]
