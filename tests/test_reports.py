@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -637,3 +638,19 @@ def test_controls_are_the_documented_mapping() -> None:
         for article in control["articles"]:
             number = re.search(r"Art\. \d+", article)
             assert number is None or number.group(0) in docs, article
+
+
+def test_pdf_shows_long_tables_in_part_and_says_so(report: ComplianceReport) -> None:
+    """Thousands of denials stay whole in JSON and CSV; the PDF shows the first rows and says how many."""
+    from falaj.core.reports.render import PDF_MAX_ROWS
+
+    many = [report.denied_actions.rows[0].model_copy(update={"resource": f"r{i}"}) for i in range(PDF_MAX_ROWS * 4)]
+    big = report.model_copy(update={"denied_actions": report.denied_actions.model_copy(update={"rows": many})})
+    started = time.perf_counter()
+    blob = render_pdf(big)
+    assert time.perf_counter() - started < 30
+    flat = " ".join(pdf_text_of(blob).split())
+    assert f"Showing the first {PDF_MAX_ROWS:,} of {len(many):,} rows" in flat
+    assert f"r{PDF_MAX_ROWS - 1} " in flat + " " and f"r{PDF_MAX_ROWS} " not in flat + " "
+    zf = zipfile.ZipFile(io.BytesIO(render_csv_zip(big)))
+    assert len(list(csv.DictReader(io.StringIO(zf.read("denied_actions.csv").decode("utf-8-sig"))))) == len(many)

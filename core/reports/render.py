@@ -700,6 +700,9 @@ def _fit(pdf: FPDF, text: str, width: float, line_height: float) -> str:
     return text[:keep].rstrip() + " ... (shortened: see the JSON report)"
 
 
+PDF_MAX_ROWS = 500
+
+
 def _table(pdf: FPDF, rows: Sequence[Any], columns: list[_Column]) -> None:
     from fpdf.fonts import FontFace
 
@@ -708,6 +711,20 @@ def _table(pdf: FPDF, rows: Sequence[Any], columns: list[_Column]) -> None:
         pdf.multi_cell(0, 5, "None.", new_x="LMARGIN", new_y="NEXT")
         pdf.ln(1)
         return
+    shown = rows
+    if len(rows) > PDF_MAX_ROWS:
+        # A table of thousands of rows helps no reader and takes long to lay out: the PDF shows the first
+        # ones and says so; the JSON and CSV exports hold every row.
+        shown = rows[:PDF_MAX_ROWS]
+        pdf.set_font(_FONT, "I", 8)
+        pdf.multi_cell(
+            0,
+            5,
+            f"Showing the first {PDF_MAX_ROWS:,} of {len(rows):,} rows; the JSON and CSV exports list all of them.",
+            new_x="LMARGIN",
+            new_y="NEXT",
+        )
+    rows = shown
     pdf.set_font(_FONT, "", 7)
     total = sum(c.width for c in columns)
     widths = [pdf.epw * c.width / total for c in columns]
