@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,8 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
+            if engine in BACKGROUND_CHECKPOINTS:
+                cursor.execute("PRAGMA wal_autocheckpoint=0")  # a background thread checkpoints instead
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -62,6 +65,10 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
 
         return engine
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True)
+
+
+#: SQLite engines whose write-ahead log a background thread checkpoints (ControlPlane.start_checkpointer).
+BACKGROUND_CHECKPOINTS: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 def read_only(engine: Engine) -> Engine:
