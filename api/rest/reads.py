@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import inspect
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Request, get
 from litestar.params import Parameter
 
-from falaj.api.rest.models import Page, errors
+from falaj.api.rest.models import errors
 from falaj.api.rest.problems import ApiProblem
 from falaj.core.actions import TokenCredential
 from falaj.core.errors import NotFoundError, ReadDenied, ValidationError
@@ -54,6 +56,37 @@ def governed_read(
         raise ApiProblem(400, "invalid-request", str(exc)) from None
     except NotFoundError as exc:
         raise ApiProblem(404, "not-found", str(exc)) from None
+
+
+def _python_type(column: Any) -> Any:
+    """The JSON-facing type of an exposed column, for the OpenAPI schema (times are ISO 8601 strings)."""
+    from falaj.core.domain.base import UTCDateTime
+
+    element = getattr(column, "element", column)  # a label's column
+    kind = getattr(element, "type", None)
+    nullable = bool(getattr(element, "nullable", False))
+    if isinstance(kind, UTCDateTime):
+        py: Any = datetime
+    else:
+        try:
+            py = kind.python_type if kind is not None else Any
+        except NotImplementedError:
+            py = Any
+        if py is object or py in (dict, list):
+            py = Any  # JSON columns: any JSON value
+        elif py is Decimal:
+            py = str  # amounts are sent as decimal strings, never floats
+    return py | None if nullable and py is not Any else py
+
+
+def item_type(spec: ListSpec) -> Any:
+    """A msgspec Struct naming every field of one item, with its type and nullability."""
+    fields = [(name, _python_type(column)) for name, column in spec.fields.items()]
+    return msgspec.defstruct(f"{_camel(spec.name)}Item", fields, kw_only=True)
+
+
+def page_type(spec: ListSpec, item: Any) -> Any:
+    return msgspec.defstruct(f"{_camel(spec.name)}Page", [("items", list[item]), ("next_cursor", str | None)])
 
 
 def _list_route(spec: ListSpec) -> Any:
@@ -123,8 +156,9 @@ def _list_route(spec: ListSpec) -> Any:
                 name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[py | None, constraint], default=None
             )
         )
-    handler.__signature__ = inspect.Signature(parameters, return_annotation=Page)  # type: ignore[attr-defined]
-    handler.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": Page}
+    page = page_type(spec, item_type(spec))
+    handler.__signature__ = inspect.Signature(parameters, return_annotation=page)  # type: ignore[attr-defined]
+    handler.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": page}
     op = "list" + _camel(spec.name)
     handler.__name__ = handler.__qualname__ = op
     return get(
@@ -157,7 +191,7 @@ def _item_route(spec: ListSpec) -> Any:
         "request": Request[Any, Any, Any],
         "tenant": str,
         "key": key_annotation,
-        "return": dict[str, Any],
+        "return": item_type(spec),
     }
     op = "get" + _camel(spec.name)
     handler.__name__ = handler.__qualname__ = op
