@@ -257,8 +257,12 @@ class ArtifactRef(Payload):
 
 
 class StorageGc(Payload):
+    """Delete the blobs of a store that no model version references, once older than ``min_age_hours``
+    (so an upload not yet registered survives). ``dry_run`` (the default) only lists them."""
+
     storage_backend: Name
     dry_run: bool = True
+    min_age_hours: int = Field(default=24, ge=0, le=24 * 365)
 
 
 class SigningKeyRegister(Payload):

@@ -34,6 +34,7 @@ from falaj.core.actions import (
 )
 from falaj.core.audit import AuditEntry, AuditLog, sha256_digest
 from falaj.core.config import Settings
+from falaj.core.datakeys import DataKeyring
 from falaj.core.db import BACKGROUND_CHECKPOINTS, create_db_engine, is_sqlite, read_only, session_factory
 from falaj.core.decision import CheckOutcome, CheckResult, Decision, Verdict
 from falaj.core.domain import (
@@ -57,7 +58,7 @@ from falaj.core.errors import (
     ValidationError,
 )
 from falaj.core.handlers import HANDLERS, PENDING_HANDLERS, HandlerContext, Outcome, PrincipalView, TenantView
-from falaj.core.keys import AuditSigner
+from falaj.core.keys import AuditSigner, master_key
 from falaj.core.plugin import BackendConfig, CheckContext, PluginRegistry, create_plugin_manager
 from falaj.core.policy import Authorizer, PolicyBundle, load_bundle
 from falaj.core.policy.bundle import parse_bundle
@@ -150,6 +151,7 @@ class ControlPlane:
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
         self._write_lock = threading.RLock() if is_sqlite(str(self.engine.url)) else None
         self._checkpointer: tuple[threading.Event, threading.Thread] | None = None
+        self._keyrings: dict[str, DataKeyring] = {}
         self.registry = registry or create_plugin_manager()
         # An explicit bundle pins it; otherwise the bundle activated last in the database is in force
         # (falaj init stores the first one), so every worker follows an audited policy.reload.
@@ -868,7 +870,15 @@ class ControlPlane:
             tenant=tenant_slug,
             home=self.settings.home / "backends" / tenant_slug / row.name,
             settings=dict(row.settings),
+            data_keys=self.keyring(tenant_slug),
         )
+
+    def keyring(self, tenant_slug: str) -> DataKeyring:
+        """The tenant's data keys for encryption at rest (unwrapped with the master key on first use)."""
+        ring = self._keyrings.get(tenant_slug)
+        if ring is None:
+            ring = self._keyrings[tenant_slug] = DataKeyring(self.engine, master_key(self.settings), tenant_slug)
+        return ring
 
     def backend_instance(self, tenant_slug: str, row: Backend) -> Any:
         """The live backend object for a configured backend row (built once per configuration)."""

@@ -195,7 +195,7 @@ def test_tenant_disabled_denies_everything(world):
 
 def test_known_kind_without_handler_is_denied(world):
     before = counts(world)
-    result = world.act("artifact.gc", {"storage_backend": "store"})  # garbage collection comes with issue 5
+    result = world.act("deployment.rollback", {"name": "churn"})  # traffic management comes with issue 5
     assert_denied_and_audited(world, result, "handler", "no handler for it is installed", before)
 
 

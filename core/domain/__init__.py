@@ -21,6 +21,7 @@ from falaj.core.domain.identity import ApiToken, Principal, RoleAssignment, Tena
 from falaj.core.domain.integration import (
     ComplianceReportRecord,
     IdempotencyRecord,
+    TenantDataKey,
     WebhookAllowEntry,
     WebhookCursor,
     WebhookDelivery,
@@ -73,6 +74,7 @@ __all__ = [
     "RoleAssignment",
     "SigningKey",
     "Tenant",
+    "TenantDataKey",
     "TrainingRun",
     "TransferBasis",
     "WebhookAllowEntry",

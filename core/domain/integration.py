@@ -109,3 +109,15 @@ class ComplianceReportRecord(IdMixin, CreatedMixin, Base):
     sha256: Mapped[str] = mapped_column(String(64))
     signature: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_by: Mapped[str] = mapped_column(String(200))
+
+
+class TenantDataKey(IdMixin, CreatedMixin, Base):
+    """A tenant's data key for encryption at rest, stored only wrapped by the master key."""
+
+    __tablename__ = "tenant_data_keys"
+    __table_args__ = (UniqueConstraint("tenant", "key_id"), UniqueConstraint("tenant", "active"))
+
+    tenant: Mapped[str] = mapped_column(String(63), index=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    wrapped: Mapped[str] = mapped_column(Text)
+    active: Mapped[bool | None] = mapped_column(default=True)  # True for the current key, NULL once rotated out

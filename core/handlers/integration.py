@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
 from falaj.core.actions import (
     ActionKind,
+    ArtifactRef,
     ArtifactUpload,
     ReportExport,
+    StorageGc,
     WebhookAllowTarget,
     WebhookName,
     WebhookRedeliver,
@@ -26,7 +30,7 @@ from falaj.core.domain import (
     new_id,
     utcnow,
 )
-from falaj.core.errors import ConflictError, NotFoundError, ValidationError
+from falaj.core.errors import ConflictError, FalajError, NotFoundError, ValidationError
 from falaj.core.handlers.base import HandlerContext, Outcome, handles, typed
 from falaj.core.keys import AuditSigner, master_key
 
@@ -225,3 +229,66 @@ def redeliver_webhook(ctx: HandlerContext) -> Outcome:
     )
     ctx.session.add(delivery)
     return Outcome({"delivery_id": delivery.id, "redelivery_of": original.id, "generation": generation})
+
+
+# -- deletion and garbage collection of stored artifacts ------------------------------------------------------
+def _referenced(ctx: HandlerContext, backend_id: str, store: Any) -> set[str]:
+    """Every blob a model version of this tenant stored in this backend needs: manifests and their files."""
+    from falaj.core.artifacts import read_manifest
+    from falaj.core.domain import Model, ModelVersion
+
+    needed: set[str] = set()
+    digests = ctx.session.scalars(
+        select(ModelVersion.artifact_digest)
+        .join(Model, Model.id == ModelVersion.model_id)
+        .where(Model.tenant_id == ctx.tenant.id, ModelVersion.storage_backend_id == backend_id)
+    )
+    for digest in digests:
+        needed.add(digest)
+        try:
+            manifest = read_manifest(store, ctx.tenant.slug, digest)
+        except FalajError:
+            continue  # an unreadable manifest keeps its own blob and lists no files
+        needed.update(entry["digest"] for entry in manifest["files"].values())
+    return needed
+
+
+@handles(ActionKind.ARTIFACT_DELETE)
+def delete_artifact(ctx: HandlerContext) -> Outcome:
+    p: ArtifactRef = typed(ctx, ArtifactRef)
+    backend = ctx.backend(p.storage_backend, "storage")
+    store = ctx.plane.backend_instance(ctx.tenant.slug, backend)
+    if not store.exists(p.digest, tenant=ctx.tenant.slug):
+        raise NotFoundError(f"no blob {p.digest} in storage backend {backend.name!r}")
+    if p.digest in _referenced(ctx, backend.id, store):
+        raise ConflictError(f"{p.digest} belongs to a registered model version: it cannot be deleted")
+    store.delete(p.digest, tenant=ctx.tenant.slug)
+    return Outcome({"storage_backend": backend.name, "deleted": p.digest})
+
+
+@handles(ActionKind.ARTIFACT_GC)
+def collect_garbage(ctx: HandlerContext) -> Outcome:
+    p: StorageGc = typed(ctx, StorageGc)
+    backend = ctx.backend(p.storage_backend, "storage")
+    store = ctx.plane.backend_instance(ctx.tenant.slug, backend)
+    needed = _referenced(ctx, backend.id, store)
+    cutoff = utcnow() - timedelta(hours=p.min_age_hours)
+    garbage = [
+        info
+        for info in store.list(tenant=ctx.tenant.slug)
+        if info.digest not in needed and (info.stored_at is None or info.stored_at <= cutoff)
+    ]
+    if not p.dry_run:
+        for info in garbage:
+            store.delete(info.digest, tenant=ctx.tenant.slug)
+    return Outcome(
+        {
+            "storage_backend": backend.name,
+            "dry_run": p.dry_run,
+            "unreferenced": len(garbage),
+            "bytes": sum(info.size for info in garbage),
+            "deleted": 0 if p.dry_run else len(garbage),
+            "digests": [info.digest for info in garbage[:100]],
+            "kept": len(needed),
+        }
+    )

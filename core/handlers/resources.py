@@ -58,6 +58,12 @@ def register_backend(ctx: HandlerContext) -> Outcome:
     )
     ctx.session.add(row)
     ctx.session.flush()
+    if p.kind in ("storage", "feature_store"):
+        # The tenant's data key for encryption at rest, made in this transaction before anything is stored.
+        from falaj.core.datakeys import ensure_data_key
+        from falaj.core.keys import master_key
+
+        ensure_data_key(ctx.session.connection(), master_key(ctx.plane.settings), ctx.tenant.slug)
     # Build it once now: a plugin that cannot start with these settings is refused at registration.
     ctx.plane.backend_instance(ctx.tenant.slug, row)
     return Outcome({"backend_id": row.id, "name": row.name, "plugin": spec.name, "region": row.region})

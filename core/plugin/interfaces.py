@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,6 +27,9 @@ class BackendConfig:
     tenant: str
     home: Path
     settings: Mapping[str, Any] = field(default_factory=dict)
+    #: The tenant's data keys (``current() -> (key_id, key)``, ``get(key_id) -> key``) for encryption at rest;
+    #: bound to ``tenant``: a backend never holds another tenant's keys.
+    data_keys: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +37,7 @@ class ArtifactInfo:
     digest: str  # "sha256:<hex>"
     size: int
     uri: str
+    stored_at: datetime | None = None  # when it was stored, where the store knows (garbage collection's grace)
 
 
 class ArtifactStore(ABC):
