@@ -92,6 +92,9 @@ class JobStatus:
     state: str  # queued | running | succeeded | failed | cancelled
     metrics: Mapping[str, float] = field(default_factory=dict)
     message: str = ""
+    #: What a finished job produced, e.g. ``artifact_path`` (a folder, complete or absent), ``lineage``
+    #: (seed, code digest, package versions, dataset digests), ``log_path``, ``started_at``, ``finished_at``.
+    outputs: Mapping[str, Any] = field(default_factory=dict)
 
 
 class ComputeBackend(ABC):
