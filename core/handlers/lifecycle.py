@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -409,22 +410,50 @@ def vote(ctx: HandlerContext) -> Outcome:
     )
 
 
-def _serving_spec(ctx: HandlerContext, deployment: Deployment) -> dict[str, Any]:
+def _serving_spec(ctx: HandlerContext, deployment: Deployment, runtime: Backend) -> dict[str, Any]:
+    """What a serving runtime gets: each variant's artifact folder (copied out of the store, every file
+    integrity-checked on the way), its manifest, its signatures and the public keys the tenant trusts for
+    them, so the runtime can check it all again before it loads anything."""
+    from falaj.core.artifacts import read_manifest
+
+    policy = ctx.plane.bundle.signer_policy(ctx.tenant.slug)
+    root = ctx.plane.settings.home / "serving" / ctx.tenant.slug / deployment.name
     variants = []
     for v in deployment.traffic:
         mv = model_version(ctx.session, ctx.tenant.id, v["model"], v["version"])
         if mv is None:
             raise NotFoundError(f"model {v['model']!r} has no version {v['version']}")
-        signatures = [
-            {"key_id": s.key_id, "bundle": s.bundle}
-            for s in ctx.session.scalars(select(ModelSignature).where(ModelSignature.model_version_id == mv.id))
-        ]
+        signatures, trusted = [], {}
+        for sig in ctx.session.scalars(select(ModelSignature).where(ModelSignature.model_version_id == mv.id)):
+            signatures.append({"key_id": sig.key_id, "bundle": sig.bundle})
+            key = ctx.session.scalar(
+                select(SigningKey).where(SigningKey.tenant_id == ctx.tenant.id, SigningKey.key_id == sig.key_id)
+            )
+            if (
+                key is not None
+                and key.revoked_at is None
+                and (policy.trust == "registered" or key.key_id in policy.keys)
+            ):
+                trusted[key.key_id] = key.public_key_pem
+        store_row = ctx.session.get(Backend, mv.storage_backend_id)
+        if store_row is None:
+            raise NotFoundError(f"the storage backend of {v['model']} v{v['version']} is gone")
+        store = ctx.plane.backend_instance(ctx.tenant.slug, store_row)
+        folder = root / f"{v['model']}-v{v['version']}-{mv.artifact_digest[7:19]}"
+        if not folder.exists():
+            staging = folder.with_name(folder.name + ".partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            materialize(store, ctx.tenant.slug, mv.artifact_digest, staging)
+            staging.rename(folder)
         variants.append(
             {
                 **v,
                 "artifact_digest": mv.artifact_digest,
                 "storage_backend_id": mv.storage_backend_id,
+                "artifact_path": str(folder),
+                "manifest": read_manifest(store, ctx.tenant.slug, mv.artifact_digest),
                 "signatures": signatures,
+                "trusted_keys": trusted,
             }
         )
     return {
@@ -433,6 +462,9 @@ def _serving_spec(ctx: HandlerContext, deployment: Deployment) -> dict[str, Any]
         "environment": deployment.environment,
         "variants": variants,
         "human_review_contact": deployment.human_review_contact,
+        # Sticky routing hashes a request key with this salt: stable for the deployment, unguessable outside.
+        "sticky_salt": hashlib.sha256(f"falaj-sticky/{deployment.id}".encode()).hexdigest(),
+        "settings": dict(runtime.settings),
     }
 
 
@@ -447,7 +479,7 @@ def rollout(ctx: HandlerContext) -> Outcome:
     runtime_row = ctx.session.get(Backend, deployment.runtime_backend_id)
     assert runtime_row is not None
     runtime = ctx.plane.backend_instance(ctx.tenant.slug, runtime_row)
-    endpoint = runtime.deploy(_serving_spec(ctx, deployment))
+    endpoint = runtime.deploy(_serving_spec(ctx, deployment, runtime_row))
     if not isinstance(endpoint, str) or not endpoint:
         raise BackendError(f"serving runtime {runtime_row.name!r} returned {endpoint!r} instead of an endpoint")
     deployment.status = "live"
