@@ -402,6 +402,14 @@ CONTROLS: tuple[dict[str, Any], ...] = (
         "status": "in place",
     },
     {
+        "control": "Artifacts encrypted at rest, per tenant",
+        "articles": ["PDPL Art. 20 (encryption, confidentiality, integrity)"],
+        "measure": "the builtin store seals every blob with AES-256-GCM under the tenant's own data key, wrapped "
+        "by the master key, in authenticated chunks; every read is checked chunk by chunk and against its address",
+        "evidence_section": "models",
+        "status": "in place",
+    },
+    {
         "control": "Consent with evidence; withdrawal stops future use",
         "articles": ["PDPL Art. 6 (conditions for consent; withdrawal does not affect earlier processing)"],
         "measure": "consent per subject and purpose with evidence and time; reads for a purpose see only subjects "
