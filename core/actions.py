@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,119}$")]
@@ -223,12 +223,22 @@ class ModelRegister(Payload):
 
 
 class ModelVersionRegister(Payload):
+    """A new version of ``model``: an artifact already in ``storage_backend`` (``artifact_digest``), or the
+    artifact a finished training run produced (``training_run_id`` alone: it is copied into the store, and the
+    run's metrics and lineage come with it)."""
+
     model: Name
-    artifact_digest: Digest
+    artifact_digest: Digest | None = None
     storage_backend: Name
     training_run_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")] | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     signature_bundle: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _artifact_or_run(self) -> ModelVersionRegister:
+        if self.artifact_digest is None and self.training_run_id is None:
+            raise ValueError("give artifact_digest (an uploaded artifact) or training_run_id (a finished run)")
+        return self
 
 
 class ModelAliasSet(Payload):

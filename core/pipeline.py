@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -68,6 +68,7 @@ from falaj.core.tokens import secret_matches, split_token
 
 _T = TypeVar("_T")
 IDEMPOTENCY_TTL = timedelta(hours=24)
+_FINAL_RUN_STATES = frozenset({"succeeded", "failed", "cancelled"})
 WAL_RESTART_PAGES = 20_000  # about 80 MB of write-ahead log
 log = logging.getLogger(__name__)
 _AFTER_COMMIT = "falaj.after_commit"
@@ -260,6 +261,32 @@ class ControlPlane:
         if key not in self._signature_cache:
             self._signature_cache[key] = signing.verify_against_manifest(bundle, public_pem.encode("utf-8"), manifest)
         return self._signature_cache[key]
+
+    def training_status(self, session: Session, tenant_slug: str, run: Any) -> Any:
+        """Ask the run's compute backend how it is doing and record it on the run row (``session``'s
+        transaction); returns the backend's ``JobStatus``. Bookkeeping, not an action: it changes no
+        decision, and the actions that rely on it (registration, cancellation) are governed and audited."""
+        from falaj.core.plugin import JobStatus
+
+        handle = (run.spec or {}).get("handle")
+        backend = session.get(Backend, run.backend_id) if run.backend_id else None
+        if not handle or backend is None:
+            return JobStatus(state=run.status if run.status in _FINAL_RUN_STATES else "failed", message="no job")
+        status = self.backend_instance(tenant_slug, backend).status(handle)
+        if not isinstance(status, JobStatus):
+            raise BackendError(f"compute backend {backend.name!r} answered {type(status).__name__}, not JobStatus")
+        if status.state != run.status:
+            run.status = status.state
+        run.metrics = {k: v for k, v in status.metrics.items() if isinstance(v, int | float | str)}
+        for field_name in ("started_at", "finished_at"):
+            value = status.outputs.get(field_name)
+            if isinstance(value, str):
+                with suppress(ValueError):
+                    setattr(run, field_name, datetime.fromisoformat(value))
+        log_path = status.outputs.get("log_path")
+        if isinstance(log_path, str):
+            run.log_uri = log_path
+        return status
 
     def start_checkpointer(self, interval: float = 0.05) -> None:
         """On SQLite, move WAL checkpoints off the request path (a long-running server calls this).

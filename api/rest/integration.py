@@ -221,6 +221,44 @@ def artifact_manifest(
     return governed_read(request, tenant, "model_version", query)  # type: ignore[no-any-return]
 
 
+@get(
+    "/api/v1/tenants/{tenant:str}/training-runs/{run_id:str}/status",
+    operation_id="getTrainingStatus",
+    tags=["training-runs"],
+    summary="Live status of a training run from its compute backend: state, metrics so far, outputs",
+    description="Needs `training.read`. Asks the backend now (the run's row is updated by the governed "
+    "actions that depend on it: registration and cancellation).",
+    sync_to_thread=True,
+    responses=errors(400, 401, 403, 404, 422, 502),
+)
+def training_status(
+    request: Request[Any, Any, Any], tenant: str, run_id: Annotated[str, Parameter(max_length=32)]
+) -> dict[str, Any]:
+    from falaj.core.domain import TrainingRun
+    from falaj.core.errors import FalajError
+
+    plane = request.app.state.plane
+
+    def query(session: Any, t: Any) -> dict[str, Any]:
+        run = session.get(TrainingRun, run_id)
+        if run is None or run.tenant_id != t.id:
+            raise NotFoundError(f"no training run {run_id[:32]!r} in tenant {tenant!r}")
+        try:
+            status = plane.training_status(session, t.slug, run)
+        except FalajError as exc:
+            raise ApiProblem(502, "backend", f"the compute backend did not answer: {exc}") from None
+        return {
+            "run_id": run.id,
+            "name": run.name,
+            "state": status.state,
+            "metrics": dict(status.metrics),
+            "message": status.message,
+            "outputs": {k: v for k, v in status.outputs.items() if k != "artifact_path"},
+        }
+
+    return governed_read(request, tenant, "training", query)  # type: ignore[no-any-return]
+
+
 def _report(request: Request[Any, Any, Any], tenant: str, report_id: str) -> ComplianceReportRecord:
     def query(session: Any, t: Any) -> ComplianceReportRecord:
         row = session.get(ComplianceReportRecord, report_id)
@@ -289,6 +327,7 @@ INTEGRATION_ROUTES = [
     upload_artifact,
     upload_signature,
     artifact_manifest,
+    training_status,
     download_report,
     report_signature,
     report_schema,

@@ -21,6 +21,7 @@ from falaj.core.actions import (
     DeploymentRequest,
     ModelVersionExport,
     PrincipalRef,
+    RunRef,
     SigningKeyCreate,
     TrainingSubmit,
 )
@@ -127,6 +128,23 @@ def _submit_training(ctx: HandlerContext, p: TrainingSubmit, views: list[Path]) 
     run.spec = {**p.spec, "handle": handle}
     excluded = sum(i.get("excluded_rows", 0) for i in inputs)
     return Outcome({"run_id": run.id, "handle": handle, "inputs": inputs, "excluded_rows": excluded})
+
+
+@handles(ActionKind.TRAINING_CANCEL)
+def cancel_training(ctx: HandlerContext) -> Outcome:
+    p: RunRef = typed(ctx, RunRef)
+    run = ctx.session.get(TrainingRun, p.run_id)
+    if run is None or run.tenant_id != ctx.tenant.id:
+        raise NotFoundError(f"no training run {p.run_id} in tenant {ctx.tenant.slug!r}")
+    status = ctx.plane.training_status(ctx.session, ctx.tenant.slug, run)
+    if status.state in ("succeeded", "failed", "cancelled"):
+        raise ConflictError(f"training run {p.run_id} already ended: {status.state}")
+    backend = ctx.session.get(Backend, run.backend_id)
+    assert backend is not None
+    ctx.plane.backend_instance(ctx.tenant.slug, backend).cancel(run.spec["handle"])
+    run.status = "cancelled"
+    run.finished_at = datetime.now(UTC)
+    return Outcome({"run_id": run.id, "status": "cancelled"})
 
 
 # -- signing keys, signatures, exports ------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, insert, select
@@ -200,24 +201,28 @@ def register_model_version(ctx: HandlerContext) -> Outcome:
     model = ctx.named(Model, p.model)
     backend = ctx.backend(p.storage_backend, "storage")
     store = ctx.plane.backend_instance(ctx.tenant.slug, backend)
-    if not store.exists(p.artifact_digest, tenant=ctx.tenant.slug):
-        raise BackendError(
-            f"artifact {p.artifact_digest} is not in storage backend {p.storage_backend!r}: upload it first"
-        )
     run = None
     if p.training_run_id is not None:
         run = ctx.session.get(TrainingRun, p.training_run_id)
         if run is None or run.tenant_id != ctx.tenant.id:
             raise NotFoundError(f"no training run {p.training_run_id}")
+    metrics = dict(p.metrics)
+    digest = p.artifact_digest
+    if digest is None:
+        assert run is not None
+        digest, run_metrics = _artifact_of_run(ctx, run, store)
+        metrics = {**run_metrics, **metrics}
+    elif not store.exists(digest, tenant=ctx.tenant.slug):
+        raise BackendError(f"artifact {digest} is not in storage backend {p.storage_backend!r}: upload it first")
     latest = ctx.session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id))
     version = ModelVersion(
         model_id=model.id,
         version=(latest or 0) + 1,
-        artifact_digest=p.artifact_digest,
-        artifact_uri=f"{backend.name}:{p.artifact_digest}",
+        artifact_digest=digest,
+        artifact_uri=f"{backend.name}:{digest}",
         storage_backend_id=backend.id,
         training_run_id=p.training_run_id,
-        metrics=p.metrics,
+        metrics=metrics,
         signature_bundle=p.signature_bundle,
     )
     ctx.session.add(version)
@@ -237,8 +242,30 @@ def register_model_version(ctx: HandlerContext) -> Outcome:
             )
         )
     return Outcome(
-        {"model_version_id": version.id, "model": model.name, "version": version.version, "signed_by": signer}
+        {
+            "model_version_id": version.id,
+            "model": model.name,
+            "version": version.version,
+            "artifact_digest": digest,
+            "metrics": metrics,
+            "signed_by": signer,
+        }
     )
+
+
+def _artifact_of_run(ctx: HandlerContext, run: TrainingRun, store: Any) -> tuple[str, dict[str, float]]:
+    """Copy a succeeded run's artifact folder into the store; its digest and the run's metrics."""
+    from falaj.core.artifacts import put_folder
+
+    status = ctx.plane.training_status(ctx.session, ctx.tenant.slug, run)
+    if status.state != "succeeded":
+        raise ConflictError(f"training run {run.id} is {status.state}: only a succeeded run's model is registered")
+    folder = status.outputs.get("artifact_path")
+    if not isinstance(folder, str) or not Path(folder).is_dir():
+        raise BackendError(f"training run {run.id} succeeded but its artifact folder is gone")
+    digest, _ = put_folder(store, ctx.tenant.slug, Path(folder))
+    metrics = {k: float(v) for k, v in status.metrics.items() if isinstance(v, int | float)}
+    return digest, metrics
 
 
 def _attach_signature(ctx: HandlerContext, version: ModelVersion, bundle: dict[str, Any]) -> str:
