@@ -120,6 +120,8 @@ def _submit_training(ctx: HandlerContext, p: TrainingSubmit, views: list[Path]) 
     }
     try:
         handle = compute.submit(job)
+    except ValueError as exc:  # the backend checked the spec before starting anything
+        raise ValidationError(f"spec: {exc}") from exc
     except Exception as exc:
         raise BackendError(f"compute backend {p.backend!r} refused the job: {exc}") from exc
     if not isinstance(handle, str) or not handle:
