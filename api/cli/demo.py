@@ -103,6 +103,7 @@ def run_demo(home: Path | None, console: Console) -> int:
         ("denials (RBAC, tenants, input)", _denials),
         ("a failing backend leaves nothing behind", _failure),
         ("audit: verify, export, offline check", _audit),
+        ("compliance report: PDF and JSON, signed", _report),
         ("tamper with the log (on a copy)", _tamper),
     ]
     progress = Progress(
@@ -453,6 +454,32 @@ def _audit(demo: Demo, settings: Settings) -> None:
         raise RuntimeError(f"offline verification failed: {proc.stdout}{proc.stderr}")
     demo.note("audit", f"{report.events} events, {report.checkpoints_verified} signed checkpoints verified")
     demo.note("export", f"{out} · offline: {proc.stdout.strip()}")
+
+
+def _report(demo: Demo, settings: Settings) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from falaj.core.domain import ComplianceReportRecord
+    from falaj.core.reports import verify_report
+
+    now = datetime.now(UTC)
+    period = {
+        "period_start": (now - timedelta(days=1)).isoformat(),
+        "period_end": (now + timedelta(minutes=1)).isoformat(),
+    }
+    key = (settings.keys_dir / "audit-ed25519.pub.pem").read_bytes()
+    written = []
+    for fmt in ("pdf", "json"):
+        r = demo.expect(demo.act("aisha", "report.export", {**period, "format": fmt}), "succeeded", "report")
+        with demo.plane.sessions() as session:
+            row = session.get(ComplianceReportRecord, r.data["report_id"])
+            assert row is not None
+            path = Path(row.path)
+        verify_report(path.read_bytes(), r.data["signature"], key)  # raises if one byte differs
+        written.append(f"{fmt.upper()} {path.stat().st_size:,} bytes")
+    demo.note(
+        "report", f"compliance report for the last day: {', '.join(written)}; signatures verified · {path.parent}"
+    )
 
 
 def _tamper(demo: Demo, settings: Settings) -> None:
