@@ -26,11 +26,25 @@ EXAMPLE = HERE / "plugins" / "falaj-example-plugin"
 
 def test_builtins_are_registered_as_plugins():
     registry = create_plugin_manager(load_entrypoints=False)
-    assert {p.name for p in registry.plugins.values()} == {"local-storage", "static-cost"}
+    names = {"local-storage", "static-cost", "local-compute", "onnx-serving"}
+    assert {p.name for p in registry.plugins.values()} == names
     assert all(p.state == "active" and p.source == "builtin" for p in registry.plugins.values())
     assert registry.backend_spec("storage", "local") is not None
     assert registry.backend_spec("cost", "rate-card") is not None
-    assert len(BUILTIN_PLUGINS) == 2
+    assert registry.backend_spec("compute", "local") is not None
+    assert registry.backend_spec("serving", "onnxruntime") is not None
+    assert len(BUILTIN_PLUGINS) == 4
+    # Heavy frameworks are imported by the jobs and servers that need them, never by registering a plugin.
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from falaj.core.plugin import create_plugin_manager; "
+        "create_plugin_manager(load_entrypoints=False); "
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'onnx', 'numpy') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
 
 
 def test_each_manager_is_fresh():

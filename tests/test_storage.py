@@ -51,7 +51,8 @@ def test_round_trip_at_chunk_boundaries_and_nothing_in_the_clear(world):
         assert info.digest == "sha256:" + hashlib.sha256(data).hexdigest() and info.size == size
         assert _read(store, info.digest) == data
         on_disk = (root / "operator" / "sha256" / info.digest[7:9] / info.digest[7:]).read_bytes()
-        assert data == b"" or (data[:64] not in on_disk and b"FALAJ-SECRET-MARKER" not in on_disk)
+        if size >= 64:  # (a byte or two of plaintext may occur in any random-looking file by chance)
+            assert data[:64] not in on_disk and b"FALAJ-SECRET-MARKER" not in on_disk
     assert sorted(i.size for i in store.list(tenant="operator")) == sorted(SIZES)
 
 

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "falaj.plugins.local_storage",
     "falaj.plugins.static_cost",
+    "falaj.plugins.local_compute",
+    "falaj.plugins.onnx_serving",
 )
 
 
