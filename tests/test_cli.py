@@ -158,3 +158,33 @@ def test_cli_on_postgres(tmp_path, database_url):
     )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert run(["audit", "verify"], home, url=database_url).returncode == 0
+
+
+@pytest.mark.skipif(
+    any(__import__("importlib").util.find_spec(m) is None for m in ("torch", "onnxruntime", "onnxscript", "sklearn")),
+    reason="the demo's model journey needs the ml extra: pip install -e '.[ml]'",
+)
+def test_demo_runs_the_whole_journey(tmp_path):
+    """The README's main job, as a user runs it: exit 0, and every step of the journey in its summary."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, FALAJ_HOME=str(tmp_path / "home"), COLUMNS="200")
+    env.pop("FALAJ_DATABASE_URL", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "falaj.api.cli", "demo"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = " ".join(run.stdout.split())
+    for fragment in (
+        "withdrawn patients excluded",
+        "the requester can never approve their own request",
+        "live on ONNX Runtime in me-central-1 after 2 approvals",
+        "deploy to Ireland (eu-west-1)",
+        "the runtime refuses to load them",
+        "signatures verified",
+        "detected: first bad seq",
+    ):
+        assert fragment in out, fragment
+    assert "skipped" not in out

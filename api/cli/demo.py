@@ -102,6 +102,7 @@ def run_demo(home: Path | None, console: Console) -> int:
         ("policy test cases", _policy_cases),
         ("denials (RBAC, tenants, input)", _denials),
         ("a failing backend leaves nothing behind", _failure),
+        ("train, sign, approve, serve (ONNX Runtime)", _lifecycle),
         ("audit: verify, export, offline check", _audit),
         ("compliance report: PDF and JSON, signed", _report),
         ("tamper with the log (on a copy)", _tamper),
@@ -454,6 +455,206 @@ def _audit(demo: Demo, settings: Settings) -> None:
         raise RuntimeError(f"offline verification failed: {proc.stdout}{proc.stderr}")
     demo.note("audit", f"{report.events} events, {report.checkpoints_verified} signed checkpoints verified")
     demo.note("export", f"{out} · offline: {proc.stdout.strip()}")
+
+
+def _lifecycle(demo: Demo, settings: Settings) -> None:
+    """Data with consent → training in its own process → ONNX → signed → two approvals → served over V2."""
+    import importlib.util
+    import time
+
+    missing = [m for m in ("torch", "onnxruntime", "onnxscript", "sklearn") if importlib.util.find_spec(m) is None]
+    if missing:
+        demo.note("lifecycle", f"skipped: needs {', '.join(missing)} (pip install -e '.[ml]')")
+        return
+    import httpx
+    import numpy as np
+    from sklearn.datasets import load_breast_cancer  # type: ignore[import-untyped]
+
+    from falaj.core.domain import Backend, Deployment
+
+    backends: list[dict[str, Any]] = [
+        {
+            "name": "uae-cpu",
+            "kind": "compute",
+            "plugin": "local",
+            "region": "me-central-1",
+            "settings": {"max_threads": 2},
+        },
+        {"name": "uae-ort", "kind": "serving", "plugin": "onnxruntime", "region": "me-central-1"},
+        {"name": "eu-ort", "kind": "serving", "plugin": "onnxruntime", "region": "eu-west-1"},
+    ]
+    for backend in backends:
+        demo.expect(demo.act("admin", "backend.register", backend), "succeeded", str(backend["name"]))
+    # A real public dataset that scikit-learn ships (no download), with patient ids and consent added.
+    data = load_breast_cancer()
+    columns = [f"f{i}" for i in range(data.data.shape[1])]
+    lines = ["pid," + ",".join(columns) + ",malignant"]
+    for i, (x, y) in enumerate(zip(data.data, data.target, strict=True)):
+        lines.append(f"P{i:04d}," + ",".join(f"{v:.6g}" for v in x) + f",{int(y == 0)}")
+    path = settings.data_dir / TENANT / "patients.csv"
+    path.write_text("\n".join(lines) + "\n")
+    dataset = {
+        "name": "patients",
+        "classification": "personal",
+        "residency": "AE",
+        "legal_basis": "consent",
+        "uri": path.as_uri(),
+        "subject_column": "pid",
+    }
+    demo.expect(demo.act("omar", "dataset.register", dataset), "succeeded", "patients")
+    withdrawn = {f"P{i:04d}" for i in range(0, len(data.target), 9)}
+    for i in range(len(data.target)):
+        demo.expect(
+            demo.act("omar", "consent.record", {"subject_id": f"P{i:04d}", "purpose": "training"}), "succeeded", "c"
+        )
+    for pid in sorted(withdrawn):
+        demo.expect(demo.act("omar", "consent.withdraw", {"subject_id": pid, "purpose": "training"}), "succeeded", "w")
+
+    runs = []
+    for seed, hidden in ((1, [32]), (2, [64, 16])):
+        spec = {
+            "trainer": "tabular_classifier",
+            "target": "malignant",
+            "subject_column": "pid",
+            "epochs": 15,
+            "seed": seed,
+            "hidden": hidden,
+            "threads": 1,
+        }
+        body = {"name": f"triage-{seed}", "backend": "uae-cpu", "inputs": ["patients"], "spec": spec}
+        runs.append(demo.expect(demo.act("layla", "training.submit", body), "succeeded", "train"))
+    demo.note(
+        "train",
+        f"2 runs in their own processes on {len(data.target) - len(withdrawn)} consented rows; "
+        f"{runs[0].data['excluded_rows']} withdrawn patients excluded before the trainer saw the data",
+    )
+    demo.expect(demo.act("layla", "model.register", {"name": "triage"}), "succeeded", "model")
+    with demo.plane.sessions() as session:
+        compute = demo.plane.backend_instance(TENANT, session.query(Backend).filter_by(name="uae-cpu").one())
+    versions = []
+    deadline = time.monotonic() + 180
+    for run in runs:
+        while compute.status(run.data["handle"]).state not in ("succeeded", "failed", "cancelled"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("training did not finish in 3 minutes")
+            time.sleep(0.2)
+        body = {"model": "triage", "storage_backend": "uae-store", "training_run_id": run.data["run_id"]}
+        versions.append(demo.expect(demo.act("layla", "model_version.register", body), "succeeded", "register"))
+    key = demo.expect(
+        demo.act("admin", "signing_key.create", {"key_name": "clinical", "owner": "ML release"}), "succeeded", "k"
+    )
+    for v in versions:
+        body = {"model": "triage", "version": v.data["version"], "key_id": key.data["key_id"]}
+        demo.expect(demo.act("layla", "artifact.sign", body), "succeeded", "sign")
+    accuracy = ", ".join(f"v{v.data['version']} accuracy {v.data['metrics']['accuracy']:.3f}" for v in versions)
+    demo.note("models", f"exported to ONNX (checked against torch), signed, registered with lineage: {accuracy}")
+
+    traffic = [{"model": "triage", "version": 1, "weight": 80}, {"model": "triage", "version": 2, "weight": 20}]
+    request = {
+        "name": "triage-prod",
+        "environment": "production",
+        "runtime_backend": "uae-ort",
+        "traffic": traffic,
+        "human_review_contact": "triage-review@gulf-bank.ae",
+    }
+    pending = demo.expect(demo.act("layla", "deployment.request", request), "pending", "request")
+    rid = pending.data["approval_request_id"]
+    # Even holding the approver role, the requester never approves her own request.
+    demo.expect(demo.act("admin", "role.assign", {"principal": "layla", "role": "approver"}), "succeeded", "role")
+    own = demo.act("layla", "approval.vote", {"request_id": rid, "vote": "approve", "comment": "mine"})
+    demo.expect(own, "denied", "own approval")
+    demo.note("denied", f"the requester approves her own deployment: {own.decision.failures[0].reason}")
+    demo.expect(
+        demo.act("fatima", "approval.vote", {"request_id": rid, "vote": "approve", "comment": "AUC fine"}),
+        "succeeded",
+        "a1",
+    )
+    demo.expect(
+        demo.act("yousef", "approval.vote", {"request_id": rid, "vote": "approve", "comment": "DPIA done"}),
+        "succeeded",
+        "a2",
+    )
+    with demo.plane.sessions() as session:
+        dep = session.query(Deployment).filter_by(name="triage-prod").one()
+        endpoint, status = dep.endpoint, dep.status
+        runtime_row = session.query(Backend).filter_by(name="uae-ort").one()
+    if status != "live" or not endpoint:
+        raise RuntimeError(f"the approved deployment is {status}, not live")
+    runtime = demo.plane.backend_instance(TENANT, runtime_row)
+    try:
+        x = np.asarray(data.data[:200], dtype=np.float32)
+        with httpx.Client(base_url=endpoint, timeout=30) as client:
+            for i in range(200):
+                infer: dict[str, Any] = {
+                    "inputs": [{"name": "input", "shape": [1, x.shape[1]], "datatype": "FP32", "data": x[i].tolist()}],
+                    "parameters": {"route_key": f"P{i:04d}"},
+                }
+                answer = client.post("/v2/models/triage-prod/infer", json=infer)
+                if answer.status_code != 200:
+                    raise RuntimeError(f"V2 inference failed: {answer.text}")
+            stats = client.get("/v2/falaj/stats").json()
+        split = ", ".join(f"v{v['version']}: {v['requests']}" for v in stats["variants"])
+        demo.note(
+            "serve",
+            f"live on ONNX Runtime in me-central-1 after 2 approvals; 200 V2 requests, sticky 80/20 split → {split}",
+        )
+        outside = {**request, "name": "triage-eu", "runtime_backend": "eu-ort", "environment": "dev"}
+        denied = demo.expect(demo.act("layla", "deployment.request", outside), "denied", "outside the UAE")
+        demo.note("denied", f"deploy to Ireland (eu-west-1): {denied.decision.failures[0].reason}")
+        served = sorted((settings.home / "serving" / TENANT / "triage-prod").iterdir())[0]
+        weights = served / "model.onnx.data"
+        weights.write_bytes(b"\x00" * 8 + weights.read_bytes()[8:])
+        try:
+            runtime.deploy(
+                {
+                    "name": "tampered",
+                    "tenant": TENANT,
+                    "environment": "dev",
+                    "sticky_salt": "00",
+                    "settings": {},
+                    "variants": [
+                        {
+                            "model": "triage",
+                            "version": 1,
+                            "weight": 100,
+                            "artifact_path": str(served),
+                            "manifest": _manifest_of(demo, versions[0].data["artifact_digest"]),
+                            "signatures": _signatures_of(demo),
+                            "trusted_keys": {key.data["key_id"]: key.data["public_key_pem"]},
+                        }
+                    ],
+                }
+            )
+        except Exception as exc:
+            why = next((line.strip() for line in str(exc).splitlines() if "model.onnx.data" in line), str(exc))
+            demo.note("tamper", f"weights changed on the serving node: the runtime refuses to load them ({why[:110]})")
+        else:
+            raise RuntimeError("the runtime loaded a tampered artifact")
+    finally:
+        runtime.undeploy("triage-prod")
+
+
+def _manifest_of(demo: Demo, digest: str) -> dict[str, Any]:
+    from falaj.core.artifacts import read_manifest
+    from falaj.core.domain import Backend
+
+    with demo.plane.sessions() as session:
+        row = session.query(Backend).filter_by(name="uae-store").one()
+    return read_manifest(demo.plane.backend_instance(TENANT, row), TENANT, digest)
+
+
+def _signatures_of(demo: Demo) -> list[dict[str, Any]]:
+    from falaj.core.domain import Model, ModelSignature, ModelVersion
+
+    with demo.plane.sessions() as session:
+        rows = (
+            session.query(ModelSignature)
+            .join(ModelVersion, ModelVersion.id == ModelSignature.model_version_id)
+            .join(Model, Model.id == ModelVersion.model_id)
+            .filter(Model.name == "triage", ModelVersion.version == 1)
+            .all()
+        )
+        return [{"key_id": r.key_id, "bundle": r.bundle} for r in rows]
 
 
 def _report(demo: Demo, settings: Settings) -> None:
