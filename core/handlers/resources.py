@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,8 @@ def record_consent(ctx: HandlerContext) -> Outcome:
         # Consent given again after a withdrawal: a fresh grant, evidence replaced.
         row.granted_at, row.withdrawn_at, row.evidence = granted, None, p.evidence
     ctx.session.flush()
-    return Outcome({"consent_id": row.id, "subject_id": p.subject_id, "purpose": p.purpose})
+    # The operations table keeps what an action returned, and outlives erasure: name the subject by a hash.
+    return Outcome({"consent_id": row.id, "subject": subject_hash(p.subject_id), "purpose": p.purpose})
 
 
 @handles(ActionKind.CONSENT_WITHDRAW)
@@ -181,7 +183,9 @@ def withdraw_consent(ctx: HandlerContext) -> Outcome:
         raise NotFoundError(f"no consent of subject {p.subject_id!r} for purpose {p.purpose!r}")
     if row.withdrawn_at is None:
         row.withdrawn_at = datetime.now(UTC)
-    return Outcome({"subject_id": p.subject_id, "purpose": p.purpose, "withdrawn_at": row.withdrawn_at.isoformat()})
+    return Outcome(
+        {"subject": subject_hash(p.subject_id), "purpose": p.purpose, "withdrawn_at": row.withdrawn_at.isoformat()}
+    )
 
 
 @handles(ActionKind.MODEL_REGISTER)
@@ -251,6 +255,11 @@ def register_model_version(ctx: HandlerContext) -> Outcome:
             "signed_by": signer,
         }
     )
+
+
+def subject_hash(subject_id: str) -> str:
+    """How results and audit events name a data subject: never the id itself (it must not outlive erasure)."""
+    return "sha256:" + hashlib.sha256(subject_id.encode("utf-8")).hexdigest()[:16]
 
 
 def _artifact_of_run(ctx: HandlerContext, run: TrainingRun, store: Any) -> tuple[str, dict[str, float]]:
