@@ -114,11 +114,8 @@ def test_train_sign_approve_serve(journey: Any) -> None:
     assert w.act("model.register", {"name": "triage"}, as_="eng").ok
     deadline = time.monotonic() + 120
     while True:
-        reg = w.act(
-            "model_version.register",
-            {"model": "triage", "storage_backend": "store", "training_run_id": run_id},
-            as_="eng",
-        )
+        register = {"model": "triage", "storage_backend": "store"}
+        reg = w.act("model_version.register", {**register, "training_run_id": run_id}, as_="eng")
         if reg.ok or reg.error_type != "conflict":
             break
         assert time.monotonic() < deadline, reg.message()
@@ -187,6 +184,49 @@ def test_train_sign_approve_serve(journey: Any) -> None:
         bad = client.post("/v2/models/churn-prod/infer", json={"inputs": [{**request["inputs"][0], "shape": [8, 3]}]})
         assert bad.status_code == 400 and "error" in bad.json()
     assert mv.artifact_digest.startswith("sha256:")
+
+    # Promotion: a canary of a second version, with approval; an unsigned version is never promoted.
+    stored = [{**v, "shadow": False} for v in traffic]
+    reg2 = w.act("model_version.register", {**register, "training_run_id": run_id}, as_="eng")
+    assert reg2.ok and reg2.data["version"] == 2
+    canary = {
+        "name": "churn-prod",
+        "traffic": [{"model": "triage", "version": 1, "weight": 50}, {"model": "triage", "version": 2, "weight": 50}],
+    }
+    unsigned = w.act("deployment.promote", canary, as_="eng")
+    assert unsigned.outcome == "denied" and "not signed" in unsigned.message(), unsigned.message()
+    assert w.act("artifact.sign", {"model": "triage", "version": 2, "key_id": key.data["key_id"]}, as_="eng").ok
+    waiting = w.act("deployment.promote", canary, as_="eng")
+    assert waiting.outcome == "pending", waiting.message()
+    promo = waiting.data["approval_request_id"]
+    assert w.act("approval.vote", {"request_id": promo, "vote": "approve", "comment": "canary"}, as_="ap1").ok
+    assert w.act("approval.vote", {"request_id": promo, "vote": "approve", "comment": "ok"}, as_="ap2").ok
+    with w.plane.sessions() as s:
+        dep = s.scalar(select(Deployment))
+        assert dep.status == "live" and [v["version"] for v in dep.traffic] == [1, 2]
+        assert dep.traffic_history == [stored]
+        endpoint = dep.endpoint
+    with httpx.Client(base_url=endpoint, timeout=30) as client:
+        served = set()
+        for i in range(40):
+            one = {
+                "inputs": [{**request["inputs"][0], "shape": [1, sample.shape[1]], "data": sample[i % 8].tolist()}],
+                "parameters": {"route_key": f"k{i}"},
+            }
+            r = client.post("/v2/models/churn-prod/infer", json=one)
+            assert r.status_code == 200, r.text
+            served.add(str(r.json()["model_version"]))
+        assert served == {"1", "2"}
+    # The same approval does not promote twice; rollback needs no approval and restores the earlier split.
+    again_promote = w.act("deployment.promote", canary, as_="eng")
+    assert again_promote.outcome == "pending"
+    back = w.act("deployment.rollback", {"name": "churn-prod"}, as_="eng")
+    assert back.ok, back.message()
+    with w.plane.sessions() as s:
+        dep = s.scalar(select(Deployment))
+        assert dep.traffic == stored and dep.traffic_history == []
+    nothing_left = w.act("deployment.rollback", {"name": "churn-prod"}, as_="eng")
+    assert nothing_left.outcome == "failed" and nothing_left.error_type == "conflict"
 
     # A stored file changed after signing: the next rollout is refused before anything is loaded.
     with w.plane.sessions() as s:

@@ -147,6 +147,8 @@ class Deployment(IdMixin, CreatedMixin, Base):
     runtime_backend_id: Mapped[str] = mapped_column(ForeignKey("backends.id"))
     # [{"model_version_id": ..., "weight": 90, "shadow": false}, ...]
     traffic: Mapped[list[Any]] = mapped_column(default=list)
+    # The splits it served before, newest last (a promotion pushes, a rollback pops).
+    traffic_history: Mapped[list[Any]] = mapped_column(default=list)
     status: Mapped[str] = mapped_column(String(24), default="pending")
     endpoint: Mapped[str | None] = mapped_column(String(1024))
     requested_by: Mapped[str] = mapped_column(String(32))

@@ -17,6 +17,7 @@ from falaj.core.actions import (
     ActionKind,
     ApprovalVotePayload,
     ArtifactSign,
+    DeploymentPromote,
     DeploymentRef,
     DeploymentRequest,
     ModelVersionExport,
@@ -343,6 +344,114 @@ def _rollout_later(ctx: HandlerContext, deployment: str, requester: str) -> None
     _after_commit(ctx, rollout)
 
 
+def _execute_later(ctx: HandlerContext, kind: ActionKind, payload: dict[str, Any], requester: str) -> None:
+    plane, tenant = ctx.plane, ctx.tenant.slug
+
+    def run() -> None:
+        plane.execute(Action(kind.value, tenant, PrincipalRef(requester), payload, {"source": "approval-quorum"}))
+
+    _after_commit(ctx, run)
+
+
+def _live(ctx: HandlerContext, name: str) -> Deployment:
+    deployment = ctx.named(Deployment, name)
+    if deployment.status != "live":
+        raise ConflictError(f"deployment {name!r} is {deployment.status}: only a live deployment changes its traffic")
+    return deployment
+
+
+def _serve(ctx: HandlerContext, deployment: Deployment) -> str:
+    runtime_row = ctx.session.get(Backend, deployment.runtime_backend_id)
+    assert runtime_row is not None
+    endpoint = ctx.plane.backend_instance(ctx.tenant.slug, runtime_row).deploy(
+        _serving_spec(ctx, deployment, runtime_row)
+    )
+    if not isinstance(endpoint, str) or not endpoint:
+        raise BackendError(f"serving runtime {runtime_row.name!r} returned {endpoint!r} instead of an endpoint")
+    deployment.endpoint = endpoint
+    return endpoint
+
+
+@handles(ActionKind.DEPLOYMENT_PROMOTE, pending=True)
+def promote_pending(ctx: HandlerContext) -> Outcome:
+    """A new traffic split for a live deployment in an environment that needs approval: ask for it."""
+    from falaj.core.policy.facts import promotion_payload
+
+    p: DeploymentPromote = typed(ctx, DeploymentPromote)
+    deployment = _live(ctx, p.name)
+    payload = promotion_payload(p)
+    existing = ctx.session.scalar(
+        select(ApprovalRequest).where(
+            ApprovalRequest.deployment_id == deployment.id,
+            ApprovalRequest.action_kind == ActionKind.DEPLOYMENT_PROMOTE.value,
+            ApprovalRequest.status == "pending",
+        )
+    )
+    if existing is not None:
+        if existing.action_payload == payload:
+            return Outcome({"deployment": p.name, "status": "pending-approval", "approval_request_id": existing.id})
+        raise ConflictError(
+            f"deployment {p.name!r} already has a promotion waiting for approval ({existing.id}): vote on it first"
+        )
+    rule = ctx.plane.bundle.approval_rule(ctx.tenant.slug, deployment.environment)
+    assert rule is not None
+    request = ApprovalRequest(
+        tenant_id=ctx.tenant.id,
+        action_kind=ActionKind.DEPLOYMENT_PROMOTE.value,
+        action_payload=payload,
+        resource=f"deployment/{p.name}",
+        environment=deployment.environment,
+        deployment_id=deployment.id,
+        requester_id=ctx.principal.id,
+        quorum=rule.quorum,
+        approver_role=rule.approver_role,
+        rejections_to_end=rule.rejections_to_end,
+        expires_at=datetime.now(UTC) + timedelta(hours=rule.expires_hours),
+    )
+    ctx.session.add(request)
+    ctx.session.flush()
+    return Outcome(
+        {"deployment": p.name, "status": "pending-approval", "approval_request_id": request.id, "quorum": rule.quorum}
+    )
+
+
+@handles(ActionKind.DEPLOYMENT_PROMOTE)
+def promote(ctx: HandlerContext) -> Outcome:
+    """Serve a new traffic split (approved where the environment needs it); the old one is kept for rollback."""
+    from falaj.core.policy.facts import promotion_payload
+
+    p: DeploymentPromote = typed(ctx, DeploymentPromote)
+    deployment = _live(ctx, p.name)
+    previous = list(deployment.traffic)
+    deployment.traffic = [v.model_dump(mode="json") for v in p.traffic]
+    deployment.traffic_history = [*deployment.traffic_history, previous][-20:]
+    endpoint = _serve(ctx, deployment)
+    approved = ctx.session.scalar(
+        select(ApprovalRequest).where(
+            ApprovalRequest.deployment_id == deployment.id,
+            ApprovalRequest.action_kind == ActionKind.DEPLOYMENT_PROMOTE.value,
+            ApprovalRequest.status == "approved",
+        )
+    )
+    if approved is not None and approved.action_payload == promotion_payload(p):
+        approved.status = "applied"  # one approval, one promotion
+    return Outcome({"deployment": p.name, "traffic": deployment.traffic, "previous": previous, "endpoint": endpoint})
+
+
+@handles(ActionKind.DEPLOYMENT_ROLLBACK)
+def rollback(ctx: HandlerContext) -> Outcome:
+    """Go back to the split served before the last promotion. Needs no approval: it was approved before."""
+    p: DeploymentRef = typed(ctx, DeploymentRef)
+    deployment = _live(ctx, p.name)
+    if not deployment.traffic_history:
+        raise ConflictError(f"deployment {p.name!r} has no earlier traffic split to roll back to")
+    current = list(deployment.traffic)
+    *rest, previous = deployment.traffic_history
+    deployment.traffic, deployment.traffic_history = list(previous), list(rest)
+    endpoint = _serve(ctx, deployment)
+    return Outcome({"deployment": p.name, "traffic": deployment.traffic, "replaced": current, "endpoint": endpoint})
+
+
 @handles(ActionKind.DEPLOYMENT_REQUEST, pending=True)
 def request_deployment_pending(ctx: HandlerContext) -> Outcome:
     p: DeploymentRequest = typed(ctx, DeploymentRequest)
@@ -413,7 +522,12 @@ def vote(ctx: HandlerContext) -> Outcome:
     if transition is not None:
         request.status = transition
         request.decided_at = datetime.now(UTC)
-        if deployment is not None:
+        if request.action_kind == ActionKind.DEPLOYMENT_PROMOTE.value:
+            # A promotion of a live deployment: the deployment keeps serving; once approved, the promotion
+            # runs as its requester and is decided again (signatures, residency, this approval).
+            if transition == "approved":
+                _execute_later(ctx, ActionKind.DEPLOYMENT_PROMOTE, dict(request.action_payload), request.requester_id)
+        elif deployment is not None:
             deployment.status = transition
             if transition == "approved":
                 _rollout_later(ctx, deployment.name, request.requester_id)

@@ -135,6 +135,16 @@ class FactLoader:
         elif kind is ActionKind.MODEL_VERSION_REGISTER and p.training_run_id:
             sources = source_datasets(session, tenant.id, [ModelVersion(training_run_id=p.training_run_id)])
         elif kind in (ActionKind.DEPLOYMENT_REQUEST, ActionKind.DEPLOYMENT_PROMOTE):
+            if kind is ActionKind.DEPLOYMENT_PROMOTE:
+                # A promotion moves traffic on the deployment's own runtime: that region is where data goes.
+                deployment = session.scalar(
+                    select(Deployment).where(Deployment.tenant_id == tenant.id, Deployment.name == p.name)
+                )
+                if deployment is None:
+                    unknown.append(("deployment", p.name))
+                else:
+                    runtime = session.get(Backend, deployment.runtime_backend_id)
+                    region = runtime.region if runtime is not None else region
             for variant in p.traffic:
                 mv = model_version(session, tenant.id, variant.model, variant.version)
                 if mv is None:
@@ -320,6 +330,26 @@ class FactLoader:
             return ApprovalFacts(
                 environment=deployment.environment, request_id=request.id if request else None, status=status
             )
+        if kind is ActionKind.DEPLOYMENT_PROMOTE and deployment is not None:
+            # The approval is for exactly this traffic split: the latest request for it decides.
+            wanted = promotion_payload(p)
+            request = session.scalar(
+                select(ApprovalRequest)
+                .where(
+                    ApprovalRequest.deployment_id == deployment.id,
+                    ApprovalRequest.action_kind == ActionKind.DEPLOYMENT_PROMOTE.value,
+                    ApprovalRequest.status.in_(("pending", "approved")),
+                )
+                .order_by(ApprovalRequest.created_at.desc())
+                .limit(1)
+            )
+            if request is not None and request.action_payload != wanted:
+                request = None
+            return ApprovalFacts(
+                environment=deployment.environment,
+                request_id=request.id if request else None,
+                status=None if request is None else _status(request, now),
+            )
         if kind is ActionKind.APPROVAL_VOTE:
             request = session.get(ApprovalRequest, p.request_id)
             if request is None or request.tenant_id != tenant_id:
@@ -344,6 +374,11 @@ class FactLoader:
                 now=now,
             )
         return None
+
+
+def promotion_payload(p: Any) -> dict[str, Any]:
+    """A promotion's payload as stored with its approval request (and compared when it runs)."""
+    return {"name": p.name, "traffic": [v.model_dump(mode="json") for v in p.traffic]}
 
 
 def _status(request: ApprovalRequest, now: datetime) -> str:
