@@ -23,7 +23,7 @@ from litestar.config.response_cache import ResponseCacheConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from falaj.api.rest.integration import INTEGRATION_ROUTES
@@ -146,7 +146,7 @@ async def metrics(state: State) -> Response[bytes]:
     responses={**errors(), 202: PENDING},
 )
 def execute_action(
-    request: Request[Any, Any, Any], tenant: str, kind: str, data: dict[str, Any]
+    request: Request[Any, Any, Any], tenant: FromPath[str], kind: FromPath[str], data: JSONBody[dict[str, Any]]
 ) -> Response[ActionResult]:
     return run_action(request, kind, tenant, data)
 
@@ -161,7 +161,7 @@ def execute_action(
     status_code=200,
     responses=errors(400, 401, 404, 413, 422),
 )
-def explain(request: Request[Any, Any, Any], tenant: str, data: dict[str, Any]) -> dict[str, Any]:
+def explain(request: Request[Any, Any, Any], tenant: FromPath[str], data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
     kind = data.get("kind")
     payload = data.get("payload", {})
     if not isinstance(kind, str) or not isinstance(payload, dict):
@@ -189,7 +189,9 @@ def _resource_route(
         status_code=201 if created else 200,
         responses={**errors(), 202: PENDING},
     )
-    async def handler(request: Request[Any, Any, Any], tenant: str, data: dict[str, Any]) -> Response[ActionResult]:
+    async def handler(
+        request: Request[Any, Any, Any], tenant: FromPath[str], data: dict[str, Any]
+    ) -> Response[ActionResult]:
         # async + a worker thread by hand: a path with a GET and a POST registers its handlers twice, and
         # Litestar would wrap a sync_to_thread handler a second time.
         return await anyio.to_thread.run_sync(lambda: run_action(request, kind.value, tenant, data, created=created))

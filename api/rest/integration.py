@@ -21,7 +21,7 @@ import anyio.to_thread
 import orjson
 from litestar import Request, Response, get, put
 from litestar.exceptions import ClientException
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, Parameter
 from litestar.response import File
 from sqlalchemy import select
 
@@ -97,9 +97,9 @@ async def _stream_to(request: Request[Any, Any, Any], path: Path, limit: int) ->
 )
 async def upload_artifact(
     request: Request[Any, Any, Any],
-    tenant: str,
+    tenant: FromPath[str],
     storage_backend: Annotated[str, Parameter(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,119}$")],
-    layout: Literal["tar", "file"] = "tar",
+    layout: FromQuery[Literal["tar", "file"]] = "tar",
     filename: Annotated[str | None, Parameter(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,119}$")] = None,
 ) -> Response[ActionResult]:
     from falaj.api.rest.app import run_action
@@ -146,8 +146,8 @@ async def upload_artifact(
 )
 async def upload_signature(
     request: Request[Any, Any, Any],
-    tenant: str,
-    model: str,
+    tenant: FromPath[str],
+    model: FromPath[str],
     version: Annotated[int, Parameter(ge=1, le=2**31 - 1)],
     key_id: Annotated[str, Parameter(min_length=1, max_length=71)],
 ) -> Response[ActionResult]:
@@ -186,7 +186,7 @@ async def upload_signature(
 )
 def artifact_manifest(
     request: Request[Any, Any, Any],
-    tenant: str,
+    tenant: FromPath[str],
     model: Annotated[str, Parameter(max_length=120)],
     version: Annotated[int, Parameter(ge=1, le=2**31 - 1)],
 ) -> dict[str, Any]:
@@ -232,7 +232,7 @@ def artifact_manifest(
     responses=errors(400, 401, 403, 404, 422, 502),
 )
 def training_status(
-    request: Request[Any, Any, Any], tenant: str, run_id: Annotated[str, Parameter(max_length=32)]
+    request: Request[Any, Any, Any], tenant: FromPath[str], run_id: Annotated[str, Parameter(max_length=32)]
 ) -> dict[str, Any]:
     from falaj.core.domain import TrainingRun
     from falaj.core.errors import FalajError
@@ -280,7 +280,7 @@ def _report(request: Request[Any, Any, Any], tenant: str, report_id: str) -> Com
     media_type="application/octet-stream",
     responses=errors(400, 401, 403, 404, 422),
 )
-def download_report(request: Request[Any, Any, Any], tenant: str, report_id: str) -> File:
+def download_report(request: Request[Any, Any, Any], tenant: FromPath[str], report_id: FromPath[str]) -> File:
     from falaj.core.reports import EXTENSIONS, MEDIA_TYPES
 
     row = _report(request, tenant, report_id)
@@ -305,7 +305,9 @@ def download_report(request: Request[Any, Any, Any], tenant: str, report_id: str
     sync_to_thread=True,
     responses=errors(400, 401, 403, 404, 422),
 )
-def report_signature(request: Request[Any, Any, Any], tenant: str, report_id: str) -> dict[str, Any]:
+def report_signature(
+    request: Request[Any, Any, Any], tenant: FromPath[str], report_id: FromPath[str]
+) -> dict[str, Any]:
     return dict(_report(request, tenant, report_id).signature)
 
 

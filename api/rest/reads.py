@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, get
-from litestar.params import Parameter
+from litestar.params import FromPath, Parameter
 
 from falaj.api.rest.models import errors
 from falaj.api.rest.problems import ApiProblem
@@ -116,7 +116,7 @@ def _list_route(spec: ListSpec) -> Any:
 
     parameters = [
         inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request[Any, Any, Any]),
-        inspect.Parameter("tenant", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str),
+        inspect.Parameter("tenant", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=FromPath[str]),
         inspect.Parameter(
             "limit",
             inspect.Parameter.KEYWORD_ONLY,
@@ -189,7 +189,7 @@ def _item_route(spec: ListSpec) -> Any:
     )
     handler.__annotations__ = {
         "request": Request[Any, Any, Any],
-        "tenant": str,
+        "tenant": FromPath[str],
         "key": key_annotation,
         "return": item_type(spec),
     }
@@ -210,7 +210,7 @@ def _item_route(spec: ListSpec) -> Any:
 def _tenant_route() -> Any:
     spec = SPECS["tenants"]
 
-    def getTenant(request: Request[Any, Any, Any], tenant: str) -> dict[str, Any]:
+    def getTenant(request: Request[Any, Any, Any], tenant: FromPath[str]) -> dict[str, Any]:
         return governed_read(  # type: ignore[no-any-return]
             request, tenant, spec.rbac, lambda session, t: get_item(session, spec, t.id, t.slug, t.slug)
         )
