@@ -184,14 +184,11 @@ def test_classifier_trains_exports_onnx_that_matches_torch_and_is_reproducible(
     import numpy as np
 
     backend = make_backend(tmp_path / "home")
-    started = time.monotonic()
     handles = [backend.submit(make_job(run, CLASSIFIER, breast_cancer)) for run in ("bc-1", "bc-2")]
     assert handles == ["bc-1", "bc-2"]
     first, second = (wait(backend, h) for h in handles)
-    elapsed = time.monotonic() - started
     assert first.state == "succeeded", first.message
     assert second.state == "succeeded", second.message
-    assert elapsed < 45, f"two small jobs took {elapsed:.1f} s"
 
     m = first.metrics
     assert m["accuracy"] > 0.9 and m["roc_auc"] > 0.95 and 0 < m["log_loss"] < 0.5, m
@@ -505,7 +502,8 @@ def test_an_entry_point_trains_its_own_model(user_backend: LocalCompute, breast_
         ("raises", "training failed: RuntimeError: the user code is broken"),
         ("no_model", "the artifact has no model.onnx"),
         ("missing", "module 'my_trainers' has no function 'missing'"),
-        ("elsewhere:fit", "cannot import 'elsewhere'"),
+        ("elsewhere:fit", "no module 'elsewhere' under the backend's python_path"),
+        ("json:dumps", "no module 'json' under the backend's python_path"),  # never the standard library
     ],
 )
 def test_a_crashing_entry_point_fails_with_its_log_tail(

@@ -19,6 +19,7 @@ which starts with the backend's ``python_path`` setting.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import inspect
 import math
 import numbers
@@ -37,14 +38,27 @@ from falaj.plugins.local_compute.spec import TrainingSpec
 
 def load(entry_point: str, python_path: Sequence[str]) -> tuple[Any, str]:
     """The function an entry point names and the SHA-256 of its module's source file."""
+    module_name, _, function_name = entry_point.partition(":")
+    if not python_path:
+        raise JobError(f"entry point {entry_point!r}: this backend allows no user code (an admin sets its python_path)")
+    # Only code under the folders an admin allowed: never a module from the standard library, site-packages
+    # or Falaj itself, whatever the submitter names.
+    top = module_name.split(".")[0]
+    found = importlib.machinery.PathFinder.find_spec(top, list(python_path))
+    roots = [Path(folder).resolve() for folder in python_path]
+    origin = Path(found.origin).resolve() if found is not None and found.origin else None
+    if origin is None or not any(root == origin.parent or root in origin.parents for root in roots):
+        raise JobError(f"entry point {entry_point!r}: no module {top!r} under the backend's python_path")
     for folder in reversed(python_path):
         if folder not in sys.path:
             sys.path.insert(0, folder)
-    module_name, _, function_name = entry_point.partition(":")
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
         raise JobError(f"entry point {entry_point!r}: cannot import {module_name!r}: {exc}") from exc
+    source_file = getattr(module, "__file__", None)
+    if source_file is None or not any(root in Path(source_file).resolve().parents for root in roots):
+        raise JobError(f"entry point {entry_point!r}: {module_name!r} does not come from the backend's python_path")
     function = getattr(module, function_name, None)
     if not callable(function):
         raise JobError(f"entry point {entry_point!r}: module {module_name!r} has no function {function_name!r}")

@@ -17,6 +17,7 @@ Only the trainer imports numpy, torch, onnx and onnxruntime.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -136,6 +137,9 @@ class Supervisor:
             self.stop_trainer()
             self.fail(f"time limit of {spec.time_limit_s:g} s exceeded: the worker was killed")
             return 0
+        # Whatever the trainer's code started (subprocesses, data loader workers) ends with the job.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.trainer.pid, signal.SIGKILL)
         self.conclude(code, time.monotonic() - started)
         return 0
 

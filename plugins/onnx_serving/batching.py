@@ -149,13 +149,23 @@ class Batcher:
                         if not item.future.done():
                             item.future.set_exception(InferenceFailed("internal error while batching"))
 
+    @staticmethod
+    def _row_shapes(item: _Item) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+        """What must agree for requests to share a batch: every input's shape past the batch dimension."""
+        return tuple((name, tuple(arr.shape[1:]), str(arr.dtype)) for name, arr in sorted(item.feeds.items()))
+
     def _take(self) -> list[_Item]:
         batch: list[_Item] = []
         rows = 0
+        shapes = None
         while self._items:
             item = self._items[0]
             if batch and rows + item.rows > self.max_batch_size:
                 break
+            if batch and self._row_shapes(item) != shapes:
+                break  # a request of another shape (a variable dimension) waits for the next batch
+            if not batch:
+                shapes = self._row_shapes(item)
             self._items.popleft()
             self._queued_rows -= item.rows
             if item.future.done():  # the client went away
@@ -173,12 +183,12 @@ class Batcher:
         return await loop.run_in_executor(self.executor, self._run, feeds)
 
     async def _execute(self, batch: list[_Item]) -> None:
-        if len(batch) == 1:
-            feeds = batch[0].feeds
-        else:
-            feeds = {name: np.concatenate([item.feeds[name] for item in batch], axis=0) for name in self._names}
         started = time.perf_counter()
         try:
+            if len(batch) == 1:
+                feeds = batch[0].feeds
+            else:
+                feeds = {name: np.concatenate([item.feeds[name] for item in batch], axis=0) for name in self._names}
             outputs = await self._call(feeds)
         except Exception as exc:
             if len(batch) == 1:

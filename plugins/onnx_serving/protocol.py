@@ -102,12 +102,21 @@ class InferRequest:
     parameters: Mapping[str, Any] | None
 
 
+#: No request tensor can be this large within the body limit; past it numpy itself would fail.
+MAX_DIM = 2**31 - 1
+MAX_ELEMENTS = 2**31
+
+
 def _shape(where: str, raw: Any) -> tuple[int, ...]:
     if not isinstance(raw, list) or len(raw) > MAX_RANK:
         raise ProtocolError(f"{where}: 'shape' must be a list of at most {MAX_RANK} dimensions")
     for dim in raw:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
             raise ProtocolError(f"{where}: 'shape' must hold non-negative integers, not {dim!r}")
+        if dim > MAX_DIM:
+            raise ProtocolError(f"{where}: 'shape' dimension {dim} is larger than {MAX_DIM}")
+    if math.prod(d for d in raw if d) > MAX_ELEMENTS:
+        raise ProtocolError(f"{where}: 'shape' {raw} holds more than {MAX_ELEMENTS} elements")
     return tuple(raw)
 
 

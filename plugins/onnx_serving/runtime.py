@@ -34,7 +34,7 @@ from typing import Any
 
 from falaj.core.errors import BackendError, ValidationError
 from falaj.core.plugin import BackendConfig, ServingRuntime
-from falaj.plugins.onnx_serving.settings import DeploymentSpec, ServingSettings, SpecError
+from falaj.plugins.onnx_serving.settings import _NAME, DeploymentSpec, ServingSettings, SpecError
 
 SERVER_MODULE = "falaj.plugins.onnx_serving.server"
 FAILURE_FILE = "failure.txt"
@@ -194,6 +194,8 @@ class OnnxServingRuntime(ServingRuntime):
             return self._locks.setdefault(name, threading.Lock())
 
     def _state_path(self, name: str) -> Path:
+        if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+            raise ValueError(f"not a deployment name: {str(name)[:80]!r}")
         return self.root / name / STATE_FILE
 
     def _save_state(self, served: _Served) -> None:

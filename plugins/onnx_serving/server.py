@@ -437,8 +437,12 @@ class ServingApp:
             return None
         routed = label is None
         if routed:
-            variant = self.router.choose(route_key if route_key is not None else request.route_key)
-            variant.metrics.routed += 1
+            key = route_key if route_key is not None else request.route_key
+            variant = self.router.choose(key)
+            if key is None:
+                # The sample-ratio check counts independent draws only: a keyed (sticky) request always goes
+                # where its key hashes, so one busy key would look like a broken split.
+                variant.metrics.routed += 1
         else:
             found = self.router.by_label(label or "")
             assert found is not None
