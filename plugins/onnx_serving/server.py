@@ -76,6 +76,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 CONFIG_ENV = "FALAJ_ONNX_SERVING_CONFIG"
 SERVER_NAME = "falaj-onnxruntime"
+BODY_READ_TIMEOUT_S = 30.0
+MAX_CONCURRENCY = 512
 EXTENSIONS = ["binary_tensor_data", "falaj_traffic_split", "falaj_stats"]
 FAILURE_FILE = "failure.txt"
 SNAPSHOT_EVERY_S = 1.0
@@ -422,7 +424,16 @@ class ServingApp:
             elif key == b"content-encoding" and value.lower() != b"identity":
                 encoding = value.decode("latin-1").strip().lower()
         limit = self.settings.max_body_bytes
-        body = None if declared > limit else await _read_body(receive, limit)
+        try:
+            # A sender that trickles its body cannot hold a connection and its buffer forever.
+            async with asyncio.timeout(BODY_READ_TIMEOUT_S):
+                body = None if declared > limit else await _read_body(receive, limit)
+        except TimeoutError:
+            self.rejected += 1
+            await _send(
+                send, 408, error_body(f"the request body did not arrive within {BODY_READ_TIMEOUT_S:g} s"), _JSON
+            )
+            return None
         if body is None:
             self.rejected += 1
             await _send(send, 400, error_body(f"the request body is larger than the limit of {limit} bytes"), _JSON)
@@ -735,6 +746,9 @@ def serve(config_path: Path) -> int:
         "date_header": False,
         "timeout_graceful_shutdown": 5,
         "backlog": 2048,
+        # Bounded memory: at most this many connections in flight (each may buffer up to max_body_bytes);
+        # past it uvicorn answers 503 at once instead of queueing without limit.
+        "limit_concurrency": MAX_CONCURRENCY,
     }
     if settings.workers == 1:
         app = ServingApp(spec, run_dir, variants, signers)
