@@ -345,6 +345,10 @@ def test_bad_inputs_get_400_and_never_disturb_good_ones(ab: dict[str, Any]) -> N
             "more than",
         ),
         (
+            {"inputs": [{"name": "input", "shape": [70_000], "datatype": "BYTES", "data": [""]}]},
+            "at most 65536 elements",
+        ),
+        (
             {"inputs": [{"name": "input", "shape": [1, FEATURES], "datatype": "FP64", "data": [0.0] * FEATURES}]},
             "datatype FP64",
         ),

@@ -105,6 +105,8 @@ class InferRequest:
 #: No request tensor can be this large within the body limit; past it numpy itself would fail.
 MAX_DIM = 2**31 - 1
 MAX_ELEMENTS = 2**31
+#: BYTES elements are decoded one by one in Python (on the event loop): keep one request's share small.
+MAX_BYTES_ELEMENTS = 1 << 16
 
 
 def _shape(where: str, raw: Any) -> tuple[int, ...]:
@@ -131,6 +133,8 @@ def _json_array(where: str, datatype: str, shape: tuple[int, ...], data: Any) ->
     count = _count(shape)
     dtype = DTYPES[datatype]
     if datatype == "BYTES":
+        if count > MAX_BYTES_ELEMENTS or len(data) > MAX_BYTES_ELEMENTS:
+            raise ProtocolError(f"{where}: a BYTES tensor holds at most {MAX_BYTES_ELEMENTS} elements")
         return _bytes_array(where, shape, data)
     try:
         arr = np.asarray(data)
@@ -180,9 +184,13 @@ def _binary_array(
 ) -> np.ndarray[Any, Any]:
     count = _count(shape)
     if datatype == "BYTES":
+        if count > MAX_BYTES_ELEMENTS:
+            raise ProtocolError(f"{where}: a BYTES tensor holds at most {MAX_BYTES_ELEMENTS} elements")
         items: list[str] = []
         pos, end = offset, offset + size
         while pos < end:
+            if len(items) >= count:
+                raise ProtocolError(f"{where}: shape {list(shape)} needs {count} values, binary data holds more")
             if pos + 4 > end:
                 raise ProtocolError(f"{where}: BYTES binary data is truncated")
             (length,) = struct.unpack_from("<I", body, pos)
