@@ -39,6 +39,11 @@ def local_path(uri: str, root: Path) -> Path | None:
     return resolved
 
 
+def subject_hash(subject_id: str) -> str:
+    """How records that outlive erasure name a data subject: never the id itself."""
+    return "sha256:" + hashlib.sha256(subject_id.encode("utf-8")).hexdigest()
+
+
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:

@@ -203,6 +203,11 @@ def sign_artifact(ctx: HandlerContext) -> Outcome:
     problem = ctx.plane.verify_signature(ctx.session, ctx.tenant.slug, mv, bundle, key.public_key_pem)
     if problem:
         raise BackendError(f"the new signature does not verify: {problem}")
+    return _keep_signature(ctx, p, mv, key, bundle)
+
+
+def _keep_signature(ctx: HandlerContext, p: ArtifactSign, mv: Any, key: SigningKey, bundle: dict[str, Any]) -> Outcome:
+    """Store a verified signature of ``mv`` by ``key`` (replacing that key's earlier one) and make it current."""
     existing = ctx.session.scalar(
         select(ModelSignature).where(ModelSignature.model_version_id == mv.id, ModelSignature.key_id == key.key_id)
     )
@@ -223,17 +228,7 @@ def _attach_bundle(ctx: HandlerContext, p: ArtifactSign, mv: Any, key: SigningKe
     problem = ctx.plane.verify_signature(ctx.session, ctx.tenant.slug, mv, bundle, key.public_key_pem)
     if problem:
         raise ValidationError(f"signature_bundle does not verify with {key.key_id}: {problem}")
-    existing = ctx.session.scalar(
-        select(ModelSignature).where(ModelSignature.model_version_id == mv.id, ModelSignature.key_id == key.key_id)
-    )
-    if existing is not None:
-        existing.bundle = bundle
-    else:
-        ctx.session.add(
-            ModelSignature(model_version_id=mv.id, key_id=key.key_id, bundle=bundle, signed_by=ctx.principal.label)
-        )
-    mv.signature_bundle, mv.signer = bundle, key.key_id
-    return Outcome({"model": p.model, "version": p.version, "key_id": key.key_id, "signer": key.owner})
+    return _keep_signature(ctx, p, mv, key, bundle)
 
 
 def _sign_keyless(ctx: HandlerContext, p: ArtifactSign, mv: Any) -> Outcome:
@@ -372,6 +367,30 @@ def _serve(ctx: HandlerContext, deployment: Deployment) -> str:
     return endpoint
 
 
+def _ask_approval(
+    ctx: HandlerContext, deployment: Deployment, kind: ActionKind, payload: dict[str, Any]
+) -> ApprovalRequest:
+    """An approval request for ``kind`` on ``deployment``, under its environment's rule, by this principal."""
+    rule = ctx.plane.bundle.approval_rule(ctx.tenant.slug, deployment.environment)
+    assert rule is not None
+    request = ApprovalRequest(
+        tenant_id=ctx.tenant.id,
+        action_kind=kind.value,
+        action_payload=payload,
+        resource=f"deployment/{deployment.name}",
+        environment=deployment.environment,
+        deployment_id=deployment.id,
+        requester_id=ctx.principal.id,
+        quorum=rule.quorum,
+        approver_role=rule.approver_role,
+        rejections_to_end=rule.rejections_to_end,
+        expires_at=datetime.now(UTC) + timedelta(hours=rule.expires_hours),
+    )
+    ctx.session.add(request)
+    ctx.session.flush()
+    return request
+
+
 @handles(ActionKind.DEPLOYMENT_PROMOTE, pending=True)
 def promote_pending(ctx: HandlerContext) -> Outcome:
     """A new traffic split for a live deployment in an environment that needs approval: ask for it."""
@@ -393,25 +412,14 @@ def promote_pending(ctx: HandlerContext) -> Outcome:
         raise ConflictError(
             f"deployment {p.name!r} already has a promotion waiting for approval ({existing.id}): vote on it first"
         )
-    rule = ctx.plane.bundle.approval_rule(ctx.tenant.slug, deployment.environment)
-    assert rule is not None
-    request = ApprovalRequest(
-        tenant_id=ctx.tenant.id,
-        action_kind=ActionKind.DEPLOYMENT_PROMOTE.value,
-        action_payload=payload,
-        resource=f"deployment/{p.name}",
-        environment=deployment.environment,
-        deployment_id=deployment.id,
-        requester_id=ctx.principal.id,
-        quorum=rule.quorum,
-        approver_role=rule.approver_role,
-        rejections_to_end=rule.rejections_to_end,
-        expires_at=datetime.now(UTC) + timedelta(hours=rule.expires_hours),
-    )
-    ctx.session.add(request)
-    ctx.session.flush()
+    request = _ask_approval(ctx, deployment, ActionKind.DEPLOYMENT_PROMOTE, payload)
     return Outcome(
-        {"deployment": p.name, "status": "pending-approval", "approval_request_id": request.id, "quorum": rule.quorum}
+        {
+            "deployment": p.name,
+            "status": "pending-approval",
+            "approval_request_id": request.id,
+            "quorum": request.quorum,
+        }
     )
 
 
@@ -456,29 +464,13 @@ def rollback(ctx: HandlerContext) -> Outcome:
 def request_deployment_pending(ctx: HandlerContext) -> Outcome:
     p: DeploymentRequest = typed(ctx, DeploymentRequest)
     deployment = _new_deployment(ctx, "pending-approval")
-    rule = ctx.plane.bundle.approval_rule(ctx.tenant.slug, p.environment)
-    assert rule is not None
-    request = ApprovalRequest(
-        tenant_id=ctx.tenant.id,
-        action_kind=ActionKind.DEPLOYMENT_ROLLOUT.value,
-        action_payload={"name": p.name},
-        resource=f"deployment/{p.name}",
-        environment=p.environment,
-        deployment_id=deployment.id,
-        requester_id=ctx.principal.id,
-        quorum=rule.quorum,
-        approver_role=rule.approver_role,
-        rejections_to_end=rule.rejections_to_end,
-        expires_at=datetime.now(UTC) + timedelta(hours=rule.expires_hours),
-    )
-    ctx.session.add(request)
-    ctx.session.flush()
+    request = _ask_approval(ctx, deployment, ActionKind.DEPLOYMENT_ROLLOUT, {"name": p.name})
     return Outcome(
         {
             "deployment": p.name,
             "status": "pending-approval",
             "approval_request_id": request.id,
-            "quorum": rule.quorum,
+            "quorum": request.quorum,
             "expires_at": request.expires_at.isoformat(),
         }
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, select
@@ -16,7 +15,7 @@ from falaj.core.actions import (
     ResidencyExceptionRecord,
     TransferBasisRecord,
 )
-from falaj.core.datasets import erase_subject, local_path
+from falaj.core.datasets import erase_subject, local_path, subject_hash
 from falaj.core.domain import (
     Backend,
     ConsentRecord,
@@ -139,11 +138,6 @@ def set_inference_policy(ctx: HandlerContext) -> Outcome:
             "human_review_contact": contact,
         }
     )
-
-
-def subject_hash(subject_id: str) -> str:
-    """How erasure records name a subject after the fact: never the id itself."""
-    return "sha256:" + hashlib.sha256(subject_id.encode("utf-8")).hexdigest()
 
 
 @handles(ActionKind.ERASURE_REQUEST)

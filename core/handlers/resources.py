@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from falaj.core.actions import (
     ModelRegister,
     ModelVersionRegister,
 )
-from falaj.core.datasets import read_subjects
+from falaj.core.datasets import read_subjects, subject_hash
 from falaj.core.domain import (
     Backend,
     ConsentRecord,
@@ -255,11 +254,6 @@ def register_model_version(ctx: HandlerContext) -> Outcome:
             "signed_by": signer,
         }
     )
-
-
-def subject_hash(subject_id: str) -> str:
-    """How results and audit events name a data subject: never the id itself (it must not outlive erasure)."""
-    return "sha256:" + hashlib.sha256(subject_id.encode("utf-8")).hexdigest()[:16]
 
 
 def _artifact_of_run(ctx: HandlerContext, run: TrainingRun, store: Any) -> tuple[str, dict[str, float]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import uuid
 from collections import Counter
@@ -15,6 +14,7 @@ from sqlalchemy.orm import Session
 
 import falaj.core as _core
 from falaj.core.audit.chain import rfc3339
+from falaj.core.datasets import subject_hash as hashed
 from falaj.core.db import read_only
 from falaj.core.domain import (
     ApprovalRequest,
@@ -135,7 +135,7 @@ def subject_hash(subject_id: str) -> str:
     """How a data subject is named after the fact (as erasure requests store it): never the id itself."""
     if subject_id.startswith("sha256:"):
         return subject_id
-    return "sha256:" + hashlib.sha256(subject_id.encode("utf-8")).hexdigest()
+    return hashed(subject_id)
 
 
 def _period(period_start: datetime, period_end: datetime) -> tuple[datetime, datetime]:
