@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,119}$")]
@@ -23,7 +23,7 @@ Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
 Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
 Comment = Annotated[str, StringConstraints(min_length=1, max_length=2000, strip_whitespace=True)]
 Classification = Literal["public", "internal", "personal", "sensitive", "health"]
-BackendKind = Literal["storage", "feature_store", "compute", "serving", "cost"]
+BackendKind = Literal["storage", "feature_store", "compute", "serving", "cost", "stream_source"]
 NodeClass = Literal["cpu-smb", "gpu-cluster"]
 Environment = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,31}$")]
 
@@ -183,33 +183,182 @@ class ErasureExecute(Payload):
 
 
 # -- features, training ------------------------------------------------------------------------------------
-class FeatureViewApply(Payload):
+#: A column of a feature view, entity or request: an identifier (quoted wherever it reaches SQL), and not one of
+#: the columns every store keeps (event_ts, created_ts, event_id, subject_id).
+def _not_reserved(name: str) -> str:
+    if name in ("event_ts", "created_ts", "event_id", "subject_id"):
+        raise ValueError(f"{name!r} is a column every feature store keeps: choose another name")
+    return name
+
+
+ColumnName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"), AfterValidator(_not_reserved)]
+FeatureDType = Literal["int64", "float64", "string", "bool", "timestamp"]
+#: ``view:feature``, or ``view`` for all of a view's features.
+FeatureRef = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,119}(:[A-Za-z_][A-Za-z0-9_]{0,62})?$")
+]
+MAX_PUSH_ROWS = 10_000
+MAX_INLINE_ENTITY_ROWS = 10_000
+
+
+class ColumnDef(Payload):
+    name: ColumnName
+    dtype: FeatureDType
+
+
+class TransformOutput(Payload):
+    """One output of an on-demand view: a numexpr expression over the inputs' names."""
+
+    name: ColumnName
+    dtype: Literal["int64", "float64", "bool"] = "float64"
+    expr: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+
+
+class EntityApply(Payload):
+    """An entity: the join keys features hang off; ``subject`` when a key's value is a data subject id."""
+
     name: Name
-    entities: list[Name] = Field(min_length=1)
-    features: list[dict[str, str]] = Field(min_length=1)
+    join_keys: list[ColumnDef] = Field(min_length=1, max_length=4)
+    subject: bool = False
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+    @model_validator(mode="after")
+    def _one_subject_key(self) -> EntityApply:
+        if self.subject and len(self.join_keys) != 1:
+            raise ValueError("a subject entity has exactly one join key (the subject id)")
+        if len({k.name for k in self.join_keys}) != len(self.join_keys):
+            raise ValueError("join key names must be unique")
+        return self
+
+
+class FeatureViewApply(Payload):
+    """A batch view (``source_dataset`` with its ``features``) or an on-demand view (``sources`` and ``outputs``).
+
+    Re-applying an identical definition changes nothing; a changed one becomes the next version.
+    """
+
+    name: Name
+    entities: list[Name] = Field(default_factory=list, max_length=4)
+    features: list[ColumnDef] = Field(default_factory=list, max_length=500)
+    source_dataset: Name | None = None
+    timestamp_field: ColumnName = "event_timestamp"
+    created_timestamp_field: ColumnName | None = None
     ttl_seconds: int | None = Field(default=None, ge=1, le=10 * 365 * 86400)
-    source_dataset: Name
-    transformation: str | None = None
+    offline_store: Name | None = None
+    online_store: Name | None = None
+    expectations: list[dict[str, Any]] = Field(default_factory=list, max_length=200)
+    sources: list[Name] = Field(default_factory=list, max_length=16)
+    request_fields: list[ColumnDef] = Field(default_factory=list, max_length=64)
+    outputs: list[TransformOutput] = Field(default_factory=list, max_length=200)
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    owner: Name | None = None
+
+    @model_validator(mode="after")
+    def _batch_or_on_demand(self) -> FeatureViewApply:
+        if self.outputs or self.sources:
+            if self.source_dataset or self.features or self.offline_store or self.online_store or self.entities:
+                raise ValueError(
+                    "an on-demand view has sources, request_fields and outputs only "
+                    "(no source_dataset, features, entities or stores)"
+                )
+            if not self.outputs:
+                raise ValueError("an on-demand view needs at least one output")
+        else:
+            missing = [
+                f
+                for f, v in (
+                    ("source_dataset", self.source_dataset),
+                    ("entities", self.entities),
+                    ("features", self.features),
+                    ("offline_store", self.offline_store),
+                )
+                if not v
+            ]
+            if missing:
+                raise ValueError(f"a batch view needs {', '.join(missing)} (or sources and outputs for on-demand)")
+        names = [c.name for c in self.features] + [o.name for o in self.outputs]
+        if len(set(names)) != len(names):
+            raise ValueError("feature names must be unique within a view")
+        return self
+
+
+class FeatureServiceApply(Payload):
+    name: Name
+    features: list[FeatureRef] = Field(min_length=1, max_length=1000)
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    owner: Name | None = None
 
 
 class FeatureViewMaterialize(Payload):
+    """Copy a view's source into its offline store and the latest values per key into its online store.
+
+    ``incremental`` continues from the view's watermark; ``full`` starts from the beginning. ``end`` defaults to
+    now. A materialization that crashed is resumed by the next one.
+    """
+
     name: Name
+    mode: Literal["full", "incremental"] = "incremental"
     start: datetime | None = None
     end: datetime | None = None
+    purpose: Role = "feature-serving"
+
+
+class FeatureViewPush(Payload):
+    """Rows pushed into a view (each with a unique ``event_id``): written to its online and offline stores."""
+
+    name: Name
+    rows: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_PUSH_ROWS)
+    to: Literal["online", "offline", "both"] = "both"
+    purpose: Role = "feature-serving"
 
 
 class FeatureRetrieve(Payload):
-    feature_view: Name
+    """Point-in-time-correct training data for ``purpose``: only subjects with valid consent are returned.
+
+    Entity rows come inline (``entity_rows``) or from a registered dataset (``entity_dataset``); the result is
+    written as Parquet to ``FALAJ_HOME/exports/<tenant>/<destination>/`` or, for small results, returned inline.
+    """
+
     purpose: Role
-    mode: Literal["online", "historical"] = "online"
+    features: list[FeatureRef] = Field(default_factory=list, max_length=1000)
+    feature_service: Name | None = None
+    entity_rows: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_INLINE_ENTITY_ROWS)
+    entity_dataset: Name | None = None
+    timestamp_column: ColumnName = "event_timestamp"
+    full_feature_names: bool = False
+    destination: Name | None = None
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> FeatureRetrieve:
+        if bool(self.features) == bool(self.feature_service):
+            raise ValueError("name either features or a feature_service")
+        if (self.entity_rows is None) == (self.entity_dataset is None):
+            raise ValueError("give either entity_rows or an entity_dataset")
+        return self
+
+
+class TrainingFeatures(Payload):
+    """Training data from the feature store: a point-in-time join of ``entity_dataset`` (which holds the label)
+    with a feature service, consent-filtered for the run's purpose."""
+
+    feature_service: Name
+    entity_dataset: Name
+    timestamp_column: ColumnName = "event_timestamp"
 
 
 class TrainingSubmit(Payload):
     name: Name
     backend: Name
     purpose: Role = "training"
-    inputs: list[Name] = Field(min_length=1)
+    inputs: list[Name] = Field(default_factory=list, max_length=64)
+    features: TrainingFeatures | None = None
     spec: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _some_data(self) -> TrainingSubmit:
+        if not self.inputs and self.features is None:
+            raise ValueError("name the training data: inputs (datasets) and/or features (a feature service)")
+        return self
 
 
 class RunRef(Payload):
@@ -424,8 +573,11 @@ class ActionKind(enum.StrEnum):
     OBJECTION_RECORD = "objection.record"
     ERASURE_REQUEST = "erasure.request"
     ERASURE_EXECUTE = "erasure.execute"
+    ENTITY_APPLY = "entity.apply"
     FEATURE_VIEW_APPLY = "feature_view.apply"
     FEATURE_VIEW_MATERIALIZE = "feature_view.materialize"
+    FEATURE_VIEW_PUSH = "feature_view.push"
+    FEATURE_SERVICE_APPLY = "feature_service.apply"
     FEATURE_RETRIEVE = "feature.retrieve"
     TRAINING_SUBMIT = "training.submit"
     TRAINING_CANCEL = "training.cancel"
@@ -489,8 +641,11 @@ PAYLOADS: dict[ActionKind, type[Payload]] = {
     ActionKind.OBJECTION_RECORD: ObjectionRecord,
     ActionKind.ERASURE_REQUEST: ErasureRequestPayload,
     ActionKind.ERASURE_EXECUTE: ErasureExecute,
+    ActionKind.ENTITY_APPLY: EntityApply,
     ActionKind.FEATURE_VIEW_APPLY: FeatureViewApply,
     ActionKind.FEATURE_VIEW_MATERIALIZE: FeatureViewMaterialize,
+    ActionKind.FEATURE_VIEW_PUSH: FeatureViewPush,
+    ActionKind.FEATURE_SERVICE_APPLY: FeatureServiceApply,
     ActionKind.FEATURE_RETRIEVE: FeatureRetrieve,
     ActionKind.TRAINING_SUBMIT: TrainingSubmit,
     ActionKind.TRAINING_CANCEL: RunRef,

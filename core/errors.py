@@ -23,6 +23,17 @@ class ConflictError(FalajError):
     """The action conflicts with the current state (a duplicate name, a finished request)."""
 
 
+class CheckDenied(FalajError):
+    """A handler found the action may not go on (data that fails its expectations, say): the action is
+    recorded as *denied*, with one failed ``check`` per reason, and nothing it wrote survives."""
+
+    def __init__(self, check: str, reasons: list[str], rule: str | None = None) -> None:
+        super().__init__(f"{check}: " + "; ".join(reasons))
+        self.check = check
+        self.reasons = reasons
+        self.rule = rule
+
+
 class BackendError(FalajError):
     """A backend plugin failed or answered something the kernel cannot use."""
 

@@ -51,12 +51,15 @@ from falaj.core.domain import (
 )
 from falaj.core.errors import (
     BackendError,
+    CheckDenied,
     ConflictError,
     FalajError,
     NotFoundError,
     ReadDenied,
     ValidationError,
 )
+from falaj.core.features.lineage import LineageEmitter
+from falaj.core.features.online import OnlineReader
 from falaj.core.handlers import HANDLERS, PENDING_HANDLERS, HandlerContext, Outcome, PrincipalView, TenantView
 from falaj.core.keys import AuditSigner, master_key
 from falaj.core.plugin import BackendConfig, CheckContext, PluginRegistry, create_plugin_manager
@@ -172,6 +175,10 @@ class ControlPlane:
         )
         self._backend_cache: dict[str, tuple[str, Any]] = {}
         self._lock = threading.Lock()
+        #: OpenLineage run events of materializations and retrievals.
+        self.lineage = LineageEmitter(settings.home)
+        #: Online feature reads (``feature.retrieve`` as a governed read).
+        self.features = OnlineReader(self)
 
     @classmethod
     def open(cls, settings: Settings | None = None, **kwargs: Any) -> ControlPlane:
@@ -381,7 +388,7 @@ class ControlPlane:
                     self._delegate(session, ev, decision, operation_id, result, pending=True)
                 if key is not None and ev.principal is not None and result.outcome in ("succeeded", "pending"):
                     self._store_idempotent(session, ev, action, key, payload_digest, result)
-                self._record(session, action, ev, decision, result, payload_digest)
+                self._record(session, action, ev, result.decision, result, payload_digest)
                 if key is not None and ev.principal is not None and result.outcome in ("succeeded", "pending"):
                     session.execute(
                         update(IdempotencyRecord)
@@ -626,6 +633,15 @@ class ControlPlane:
             if not isinstance(outcome, Outcome):
                 raise BackendError(f"handler for {ev.kind} returned {type(outcome).__name__}, expected Outcome")
             session.flush()
+        except CheckDenied as exc:
+            # The handler found a reason to deny (e.g. failing data-quality expectations): a denial, audited
+            # with each failure as a failed check; nothing the handler wrote survives.
+            session.rollback()
+            session.info.pop(_AFTER_COMMIT, None)
+            failed = [CheckResult.failed(exc.check, reason, exc.rule) for reason in exc.reasons]
+            result.decision = Decision.from_checks([*decision.checks, *failed], decision.bundle_digest)
+            result.outcome = "denied"
+            return
         except Exception as exc:
             # Roll the whole transaction back: nothing the handler wrote survives. The failure is then
             # recorded (operation and audit event) in a fresh transaction by _record.
@@ -861,7 +877,7 @@ class ControlPlane:
         self, session: Session, tenant: TenantView, payload: Payload, checks: list[CheckResult]
     ) -> BackendConfig | None:
         name = None
-        for field_name in ("storage_backend", "runtime_backend", "backend"):
+        for field_name in ("storage_backend", "runtime_backend", "backend", "offline_store"):
             value = getattr(payload, field_name, None)
             if isinstance(value, str):
                 name = value

@@ -35,9 +35,12 @@ from falaj.core.domain import (
     CostRecord,
     Dataset,
     Deployment,
+    Entity,
     ErasureRequest,
+    FeatureService,
     FeatureView,
     LineageEdge,
+    Materialization,
     Model,
     ModelAlias,
     ModelSignature,
@@ -271,6 +274,18 @@ _add(
 )
 _add(
     ListSpec(
+        "entities",
+        "entity",
+        Entity,
+        _cols(Entity, "id", "name", "version", "join_keys", "subject", "description", "created_at"),
+        {"name": "str", "version": "int"},
+        ("created_at", "name"),
+        Entity.tenant_id,
+        summary="Entities (what features are about; a subject entity's key is a data subject id)",
+    )
+)
+_add(
+    ListSpec(
         "feature-views",
         "feature_view",
         FeatureView,
@@ -279,17 +294,72 @@ _add(
             "id",
             "name",
             "version",
+            "kind",
+            "status",
             "entities",
             "features",
             "ttl_seconds",
             "source_dataset_id",
+            "timestamp_field",
+            "created_timestamp_field",
+            "offline_backend_id",
+            "online_backend_id",
+            "expectations",
+            "sources",
+            "transform",
+            "classification",
+            "residency",
+            "watermark",
+            "description",
             "owner",
+            "digest",
             "created_at",
         ),
-        {"name": "str", "owner": "str", "version": "int"},
+        {"name": "str", "owner": "str", "version": "int", "kind": "str", "status": "str"},
         ("created_at", "name"),
         FeatureView.tenant_id,
-        summary="Feature views",
+        summary="Feature views (every version; the active one per name is the latest)",
+    )
+)
+_add(
+    ListSpec(
+        "feature-services",
+        "feature_service",
+        FeatureService,
+        _cols(FeatureService, "id", "name", "version", "features", "description", "owner", "created_at"),
+        {"name": "str", "version": "int"},
+        ("created_at", "name"),
+        FeatureService.tenant_id,
+        summary="Feature services (named groups of features pinned to view versions)",
+    )
+)
+_add(
+    ListSpec(
+        "materializations",
+        "feature_view",
+        Materialization,
+        _cols(
+            Materialization,
+            "id",
+            "feature_view_id",
+            "mode",
+            "status",
+            "window_start",
+            "window_end",
+            "source_digest",
+            "rows_read",
+            "entities_written",
+            "excluded_subjects",
+            "profile",
+            "requested_by",
+            "started_at",
+            "finished_at",
+            "created_at",
+        ),
+        {"feature_view_id": "str", "status": "str", "mode": "str"},
+        ("created_at",),
+        Materialization.tenant_id,
+        summary="Materializations with their statistics profile (the reference for drift monitoring)",
     )
 )
 _add(

@@ -26,6 +26,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromPath, JSONBody, Parameter
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from falaj.api.rest.features import FEATURE_ROUTES
 from falaj.api.rest.integration import INTEGRATION_ROUTES
 from falaj.api.rest.models import PENDING, ActionResult, errors, payload_body
 from falaj.api.rest.problems import EXCEPTION_HANDLERS, ApiProblem
@@ -347,6 +348,51 @@ RESOURCE_ROUTES = [
         "Sign a model version with a Falaj-held key, keyless, or attach an offline bundle",
     ),
     _resource_route(
+        "/api/v1/tenants/{tenant:str}/entities",
+        ActionKind.ENTITY_APPLY,
+        "applyEntity",
+        "features",
+        "Define an entity (versioned; an identical definition changes nothing)",
+    ),
+    _resource_route(
+        "/api/v1/tenants/{tenant:str}/feature-views",
+        ActionKind.FEATURE_VIEW_APPLY,
+        "applyFeatureView",
+        "features",
+        "Define a batch or on-demand feature view (versioned)",
+    ),
+    _resource_route(
+        "/api/v1/tenants/{tenant:str}/feature-services",
+        ActionKind.FEATURE_SERVICE_APPLY,
+        "applyFeatureService",
+        "features",
+        "Define a feature service: features pinned to view versions",
+    ),
+    _resource_route(
+        "/api/v1/tenants/{tenant:str}/feature-views/materialize",
+        ActionKind.FEATURE_VIEW_MATERIALIZE,
+        "materializeFeatureView",
+        "features",
+        "Materialize a view: source checked against schema and expectations, offline history, latest values online",
+        created=False,
+    ),
+    _resource_route(
+        "/api/v1/tenants/{tenant:str}/feature-views/push",
+        ActionKind.FEATURE_VIEW_PUSH,
+        "pushFeatures",
+        "features",
+        "Push rows (each with an event_id; a redelivered row changes nothing) to a view's stores",
+        created=False,
+    ),
+    _resource_route(
+        "/api/v1/tenants/{tenant:str}/features/historical",
+        ActionKind.FEATURE_RETRIEVE,
+        "retrieveHistoricalFeatures",
+        "features",
+        "Point-in-time-correct training data for a purpose (consented subjects only)",
+        created=False,
+    ),
+    _resource_route(
         "/api/v1/tenants/{tenant:str}/training-runs",
         ActionKind.TRAINING_SUBMIT,
         "submitTraining",
@@ -470,6 +516,7 @@ def create_app(plane: Any = None) -> Litestar:
             *RESOURCE_ROUTES,
             *READ_ROUTES,
             *INTEGRATION_ROUTES,
+            *FEATURE_ROUTES,
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,

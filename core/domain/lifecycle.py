@@ -70,19 +70,91 @@ class ErasureRequest(IdMixin, CreatedMixin, Base):
     verification: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class Entity(IdMixin, CreatedMixin, Base):
+    """What features are about (a customer, a card): its join keys, and whether its key is a data subject."""
+
+    __tablename__ = "entities"
+    __table_args__ = (UniqueConstraint("tenant_id", "name", "version"),)
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(120))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    join_keys: Mapped[list[Any]] = mapped_column(default=list)  # [{"name": ..., "dtype": ...}]
+    subject: Mapped[bool] = mapped_column(default=False)  # the key's value is a data subject id
+    description: Mapped[str | None] = mapped_column(Text)
+    digest: Mapped[str] = mapped_column(String(71))  # of the definition: an identical re-apply is a no-op
+    applied_by: Mapped[str | None] = mapped_column(String(32))
+
+
 class FeatureView(IdMixin, CreatedMixin, Base):
+    """One version of a feature view: a batch view over a source dataset, or an on-demand transformation."""
+
     __tablename__ = "feature_views"
     __table_args__ = (UniqueConstraint("tenant_id", "name", "version"),)
 
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     name: Mapped[str] = mapped_column(String(120))
     version: Mapped[int] = mapped_column(Integer, default=1)
-    entities: Mapped[list[Any]] = mapped_column(default=list)
-    features: Mapped[list[Any]] = mapped_column(default=list)
+    kind: Mapped[str] = mapped_column(String(16), default="batch")  # batch | on_demand
+    entities: Mapped[list[Any]] = mapped_column(default=list)  # [{"name", "version"}]
+    features: Mapped[list[Any]] = mapped_column(default=list)  # [{"name", "dtype", "source"?}]
     ttl_seconds: Mapped[int | None]
     source_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
-    transformation: Mapped[str | None] = mapped_column(Text)
+    timestamp_field: Mapped[str | None] = mapped_column(String(120))
+    created_timestamp_field: Mapped[str | None] = mapped_column(String(120))
+    subject_column: Mapped[str | None] = mapped_column(String(120))  # source column naming the data subject
+    offline_backend_id: Mapped[str | None] = mapped_column(ForeignKey("backends.id"))
+    online_backend_id: Mapped[str | None] = mapped_column(ForeignKey("backends.id"))
+    expectations: Mapped[list[Any]] = mapped_column(default=list)
+    sources: Mapped[list[Any]] = mapped_column(default=list)  # on-demand: [{"view", "version"}], request fields
+    transform: Mapped[dict[str, Any]] = mapped_column(default=dict)  # on-demand: {"outputs": [...]}
+    classification: Mapped[str | None] = mapped_column(String(16))  # inherited from the sources
+    residency: Mapped[list[Any]] = mapped_column(default=list)  # inherited from the sources
+    description: Mapped[str | None] = mapped_column(Text)
     owner: Mapped[str | None] = mapped_column(String(120))
+    digest: Mapped[str | None] = mapped_column(String(71))
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | superseded
+    watermark: Mapped[datetime | None]  # materialized into the online store up to (exclusive)
+    applied_by: Mapped[str | None] = mapped_column(String(32))
+
+
+class FeatureService(IdMixin, CreatedMixin, Base):
+    """A named, versioned group of features from several views (what one model reads)."""
+
+    __tablename__ = "feature_services"
+    __table_args__ = (UniqueConstraint("tenant_id", "name", "version"),)
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(120))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    features: Mapped[list[Any]] = mapped_column(default=list)  # [{"view", "version", "features": [...]}]
+    description: Mapped[str | None] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(String(120))
+    digest: Mapped[str] = mapped_column(String(71))
+    applied_by: Mapped[str | None] = mapped_column(String(32))
+
+
+class Materialization(IdMixin, CreatedMixin, Base):
+    """One materialization of a feature view into its online store; a crashed one is resumed by the next."""
+
+    __tablename__ = "materializations"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    feature_view_id: Mapped[str] = mapped_column(ForeignKey("feature_views.id"), index=True)
+    mode: Mapped[str] = mapped_column(String(16))  # full | incremental
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | succeeded | failed
+    window_start: Mapped[datetime | None]
+    window_end: Mapped[datetime | None]
+    source_digest: Mapped[str | None] = mapped_column(String(71))
+    rows_read: Mapped[int] = mapped_column(Integer, default=0)
+    entities_written: Mapped[int] = mapped_column(Integer, default=0)
+    excluded_subjects: Mapped[int] = mapped_column(Integer, default=0)
+    profile: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    failures: Mapped[list[Any]] = mapped_column(default=list)
+    error: Mapped[str | None] = mapped_column(Text)
+    requested_by: Mapped[str | None] = mapped_column(String(32))
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
 
 
 class TrainingRun(IdMixin, CreatedMixin, Base):

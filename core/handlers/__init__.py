@@ -1,6 +1,6 @@
 """Handlers: what each allowed action does. Importing this package registers them all."""
 
-from falaj.core.handlers import governance, identity, integration, lifecycle, privacy, resources
+from falaj.core.handlers import features, governance, identity, integration, lifecycle, privacy, resources
 from falaj.core.handlers.base import (
     HANDLERS,
     PENDING_HANDLERS,
@@ -20,6 +20,7 @@ __all__ = [
     "Outcome",
     "PrincipalView",
     "TenantView",
+    "features",
     "governance",
     "handles",
     "identity",

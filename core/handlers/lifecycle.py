@@ -111,6 +111,8 @@ def _submit_training(ctx: HandlerContext, p: TrainingSubmit, views: list[Path]) 
                 relation="trained_on",
             )
         )
+    if p.features is not None:
+        inputs.append(_feature_input(ctx, p, run, views))
     job = {
         "run_id": run.id,
         "tenant": ctx.tenant.slug,
@@ -131,6 +133,66 @@ def _submit_training(ctx: HandlerContext, p: TrainingSubmit, views: list[Path]) 
     run.spec = {**p.spec, "handle": handle}
     excluded = sum(i.get("excluded_rows", 0) for i in inputs)
     return Outcome({"run_id": run.id, "handle": handle, "inputs": inputs, "excluded_rows": excluded})
+
+
+def _feature_input(ctx: HandlerContext, p: TrainingSubmit, run: TrainingRun, views: list[Path]) -> dict[str, Any]:
+    """Training data from the feature store: a point-in-time join of the entity dataset (which holds the label)
+    with the feature service, consent-filtered for the run's purpose, handed to the backend as a CSV view."""
+    from falaj.core.features import registry as reg
+    from falaj.core.features.retrieval import entity_table, join, selections_for
+
+    assert p.features is not None
+    selections = selections_for(ctx, p.features.feature_service, [])
+    entities = entity_table(ctx, None, p.features.entity_dataset)
+    table, info = join(
+        ctx,
+        selections,
+        entities,
+        purpose=p.purpose,
+        timestamp_column=p.features.timestamp_column,
+        full_feature_names=False,
+    )
+    import pyarrow.csv as pacsv
+
+    view = ctx.plane.settings.home / "views" / ctx.tenant.slug / run.id / f"features-{p.features.feature_service}.csv"
+    view.parent.mkdir(parents=True, exist_ok=True)
+    views.append(view)
+    pacsv.write_csv(table, view)
+    seen: set[str] = set()
+    for sel in selections:
+        for source in [
+            sel.view,
+            *(reg.view_version(ctx.session, ctx.tenant.id, s["view"], s["version"]) for s in sel.view.sources),
+        ]:
+            if source.id not in seen:
+                seen.add(source.id)
+                _edge(ctx, "feature_view", source.id, run.id, "trained_on_features")
+            for ds in reg.source_datasets(ctx.session, source):
+                if ds.id not in seen:
+                    seen.add(ds.id)
+                    _edge(ctx, "dataset", ds.id, run.id, "trained_on")
+    return {
+        "dataset": f"features:{p.features.feature_service}",
+        "feature_service": p.features.feature_service,
+        "views": info["views"],
+        "uri": view.as_uri(),
+        "rows": info["rows"],
+        "excluded_rows": info["excluded_rows"],
+        "consent_filtered": info["consent_filtered"],
+    }
+
+
+def _edge(ctx: HandlerContext, source_type: str, source_id: str, run_id: str, relation: str) -> None:
+    ctx.session.add(
+        LineageEdge(
+            tenant_id=ctx.tenant.id,
+            source_type=source_type,
+            source_id=source_id,
+            target_type="training_run",
+            target_id=run_id,
+            relation=relation,
+        )
+    )
 
 
 @handles(ActionKind.TRAINING_CANCEL)

@@ -202,10 +202,15 @@ def execute_erasure(ctx: HandlerContext) -> Outcome:
     ):
         store = ctx.plane.backend_instance(ctx.tenant.slug, backend)
         try:
-            removed = store.delete_subjects([subject])
+            removed = store.delete_subjects(ctx.tenant.slug, [subject])
+            left = store.count_subject(ctx.tenant.slug, subject)
         except Exception as exc:
             raise BackendError(f"feature store {backend.name!r} could not erase the subject: {exc}") from exc
-        erased_stores.append({"backend": backend.name, "rows_removed": removed})
+        if left:
+            raise BackendError(
+                f"erasure could not be verified: feature store {backend.name!r} still holds {left} row(s) of them"
+            )
+        erased_stores.append({"backend": backend.name, "rows_removed": removed, "verified": True})
     # Verify: the subject is in no dataset index and no local dataset file any more.
     remaining = ctx.session.scalar(
         select(DatasetSubject.dataset_id)

@@ -6,6 +6,8 @@ Plugin authors import from here and nowhere else in Falaj::
 """
 
 from falaj.core.plugin.interfaces import (
+    FEATURE_DTYPES,
+    RESERVED_COLUMNS,
     ArtifactInfo,
     ArtifactStore,
     BackendConfig,
@@ -13,8 +15,16 @@ from falaj.core.plugin.interfaces import (
     CostEstimate,
     CostModel,
     FeatureStore,
+    FeatureViewDef,
     JobStatus,
+    OfflineFeatureStore,
+    OnlineFeatureStore,
+    OnlineRow,
+    PushResult,
     ServingRuntime,
+    StreamHandler,
+    StreamMessage,
+    StreamSource,
 )
 from falaj.core.plugin.manager import PluginInfo, PluginRegistry, create_plugin_manager
 from falaj.core.plugin.markers import HOOK_API_VERSION, PROJECT, hookimpl, hookspec
@@ -27,11 +37,14 @@ from falaj.core.plugin.specs import (
     PolicyCheckSpec,
     ServingRuntimeSpec,
     StorageBackendSpec,
+    StreamSourceSpec,
 )
 
 __all__ = [
+    "FEATURE_DTYPES",
     "HOOK_API_VERSION",
     "PROJECT",
+    "RESERVED_COLUMNS",
     "ArtifactInfo",
     "ArtifactStore",
     "BackendConfig",
@@ -44,13 +57,22 @@ __all__ = [
     "CostModelSpec",
     "FeatureStore",
     "FeatureStoreSpec",
+    "FeatureViewDef",
     "JobStatus",
+    "OfflineFeatureStore",
+    "OnlineFeatureStore",
+    "OnlineRow",
     "PluginInfo",
     "PluginRegistry",
     "PolicyCheckSpec",
+    "PushResult",
     "ServingRuntime",
     "ServingRuntimeSpec",
     "StorageBackendSpec",
+    "StreamHandler",
+    "StreamMessage",
+    "StreamSource",
+    "StreamSourceSpec",
     "create_plugin_manager",
     "hookimpl",
     "hookspec",

@@ -13,6 +13,7 @@ from falaj.core.plugin.specs import (
     PolicyCheckSpec,
     ServingRuntimeSpec,
     StorageBackendSpec,
+    StreamSourceSpec,
 )
 
 
@@ -43,6 +44,22 @@ def falaj_feature_stores() -> Iterable[FeatureStoreSpec]:  # type: ignore[empty-
         @hookimpl
         def falaj_feature_stores():
             yield FeatureStoreSpec(name="redis-online", factory=RedisStore, capabilities={"online"})
+
+    Added in hook API version 1.
+    """
+
+
+@hookspec
+def falaj_stream_sources() -> Iterable[StreamSourceSpec]:  # type: ignore[empty-body]
+    """Register streaming sources that feed feature views (message brokers, change streams).
+
+    :return: an iterable of :class:`StreamSourceSpec`.
+
+    Example::
+
+        @hookimpl
+        def falaj_stream_sources():
+            yield StreamSourceSpec(name="nats-jetstream", factory=JetStreamSource, capabilities={"streaming"})
 
     Added in hook API version 1.
     """

@@ -25,6 +25,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "falaj.plugins.static_cost",
     "falaj.plugins.local_compute",
     "falaj.plugins.onnx_serving",
+    "falaj.plugins.feature_store",
 )
 
 

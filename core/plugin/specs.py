@@ -15,6 +15,7 @@ from falaj.core.plugin.interfaces import (
     CostModel,
     FeatureStore,
     ServingRuntime,
+    StreamSource,
 )
 from falaj.core.plugin.markers import HOOK_API_VERSION
 
@@ -91,12 +92,20 @@ class CostModelSpec(BackendSpec):
     hook: ClassVar[str] = "falaj_cost_models"
 
 
+@dataclass(frozen=True)
+class StreamSourceSpec(BackendSpec):
+    kind: ClassVar[str] = "stream_source"
+    interface: ClassVar[type] = StreamSource
+    hook: ClassVar[str] = "falaj_stream_sources"
+
+
 BACKEND_SPEC_TYPES: tuple[type[BackendSpec], ...] = (
     StorageBackendSpec,
     FeatureStoreSpec,
     ComputeBackendSpec,
     ServingRuntimeSpec,
     CostModelSpec,
+    StreamSourceSpec,
 )
 
 

@@ -28,10 +28,11 @@ RESIDENCY_KINDS = frozenset(
         "feature_view.apply",
         "feature_view.materialize",
         "feature.retrieve",
+        "feature_view.push",
     }
 )
 #: Action kinds that read personal data for a purpose.
-CONSENT_KINDS = frozenset({"training.submit", "feature.retrieve", "feature_view.materialize"})
+CONSENT_KINDS = frozenset({"training.submit", "feature.retrieve", "feature_view.materialize", "feature_view.push"})
 #: Action kinds that need the model versions they name to be signed by a trusted, unrevoked key.
 SIGNATURE_KINDS = frozenset({"deployment.request", "deployment.rollout", "deployment.promote", "approval.vote"})
 

@@ -18,6 +18,7 @@ from falaj.core.domain import (
     Dataset,
     DatasetSubject,
     Deployment,
+    FeatureView,
     LineageEdge,
     Model,
     ModelSignature,
@@ -26,6 +27,7 @@ from falaj.core.domain import (
     SigningKey,
     TransferBasis,
 )
+from falaj.core.errors import FalajError
 from falaj.core.policy.engine import (
     CONSENT_KINDS,
     HOME_COUNTRY,
@@ -79,6 +81,14 @@ def source_datasets(session: Session, tenant_id: str, versions: Iterable[ModelVe
     if not ids:
         return []
     return list(session.scalars(select(Dataset).where(Dataset.id.in_(ids), Dataset.tenant_id == tenant_id)))
+
+
+_FEATURE_KINDS = (
+    ActionKind.FEATURE_VIEW_APPLY,
+    ActionKind.FEATURE_VIEW_MATERIALIZE,
+    ActionKind.FEATURE_VIEW_PUSH,
+    ActionKind.FEATURE_RETRIEVE,
+)
 
 
 class FactLoader:
@@ -169,6 +179,13 @@ class FactLoader:
                 if runtime is not None and kind is ActionKind.DEPLOYMENT_ROLLOUT:
                     region = runtime.region
 
+        elif kind in _FEATURE_KINDS:
+            region, found = self._feature_facts(session, tenant, kind, p, region, unknown)
+            sources.extend(found)
+        if kind is ActionKind.TRAINING_SUBMIT and p.features is not None:
+            _, found = self._feature_facts(session, tenant, kind, p.features, region, unknown)
+            sources.extend(d for d in found if d.id not in {s.id for s in sources})
+
         now = datetime.now(UTC)
         unknown_lineage = []
         if versions:
@@ -221,6 +238,54 @@ class FactLoader:
         )
 
     # -- pieces ----------------------------------------------------------------------------------------------
+    def _feature_facts(
+        self,
+        session: Session,
+        tenant: TenantView,
+        kind: ActionKind,
+        p: Any,
+        region: str | None,
+        unknown: list[tuple[str, str]],
+    ) -> tuple[str | None, list[Dataset]]:
+        """Where a feature action's data comes from (datasets, through views) and where it goes (the view's
+        store region)."""
+        from falaj.core.errors import NotFoundError
+        from falaj.core.features import registry as reg
+
+        sources: list[Dataset] = []
+        views: list[FeatureView] = []
+        try:
+            if kind is ActionKind.FEATURE_VIEW_APPLY:
+                if p.source_dataset:
+                    ds = latest_dataset(session, tenant.id, p.source_dataset)
+                    if ds is None:
+                        unknown.append(("dataset", p.source_dataset))
+                    else:
+                        sources.append(ds)
+                views = [reg.latest_view(session, tenant.id, n) for n in p.sources]
+            elif kind in (ActionKind.FEATURE_VIEW_MATERIALIZE, ActionKind.FEATURE_VIEW_PUSH):
+                views = [reg.latest_view(session, tenant.id, p.name)]
+            else:  # a retrieval, or a training run's features
+                if getattr(p, "feature_service", None):
+                    service = reg.latest_service(session, tenant.id, p.feature_service)
+                    views = [s.view for s in reg.service_selection(session, tenant.id, service)]
+                else:
+                    views = [s.view for s in reg.parse_refs(session, tenant.id, p.features)]
+        except NotFoundError as exc:
+            unknown.append(("feature definition", str(exc)))
+        except FalajError:
+            pass  # a malformed reference is the handler's to explain
+        for view in views:
+            for ds in reg.source_datasets(session, view):
+                if ds.id not in {d.id for d in sources}:
+                    sources.append(ds)
+            if region is None and kind is not ActionKind.TRAINING_SUBMIT:
+                backend_id = view.online_backend_id or view.offline_backend_id
+                backend = session.get(Backend, backend_id) if backend_id else None
+                if backend is not None:
+                    region = backend.region
+        return region, sources
+
     def _bases(
         self, session: Session, tenant_id: str, dataset: Dataset | None, now: datetime
     ) -> frozenset[tuple[str, str]]:

@@ -1,0 +1,599 @@
+"""The feature store's governed actions: definitions, materialization, pushes and historical retrieval.
+
+Stores are plugins; this module decides what they receive. Every write carries only rows the decision allowed
+(residency checked by the pipeline, consent filtered here), every definition is versioned by its digest, and
+materializations and retrievals emit OpenLineage run events. pyarrow and DuckDB are imported inside the
+handlers that move data, so the kernel starts without the ``features`` extra.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from falaj.core.actions import (
+    ActionKind,
+    EntityApply,
+    FeatureRetrieve,
+    FeatureServiceApply,
+    FeatureViewApply,
+    FeatureViewMaterialize,
+    FeatureViewPush,
+)
+from falaj.core.domain import Backend, Dataset, Entity, FeatureService, FeatureView, LineageEdge, Materialization
+from falaj.core.datasets import file_digest
+from falaj.core.errors import BackendError, CheckDenied, ConflictError, NotFoundError, ValidationError
+from falaj.core.features import registry as reg
+from falaj.core.handlers.base import HandlerContext, Outcome, handles, typed
+from falaj.core.policy.engine import strictest
+from falaj.core.policy.facts import latest_dataset
+
+_AFTER_COMMIT = "falaj.after_commit"
+#: Rows per online write during materialization; progress is checkpointed after each chunk.
+CHUNK_ROWS = int(os.environ.get("FALAJ_MATERIALIZE_CHUNK_ROWS", "20000"))
+#: Largest historical result returned inline (bigger ones need a destination).
+MAX_INLINE_RESULT_ROWS = 10_000
+
+
+def _after_commit(ctx: HandlerContext, callback: Callable[[], None]) -> None:
+    ctx.session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+def _features_extra() -> None:
+    try:
+        import duckdb  # noqa: F401
+        import pyarrow  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - the extra is part of every supported install
+        raise BackendError(
+            f"the feature store needs the 'features' extra (pip install 'falaj[features]'): {exc}"
+        ) from exc
+
+
+def _lineage_edge(ctx: HandlerContext, source: tuple[str, str], target: tuple[str, str], relation: str) -> None:
+    ctx.session.add(
+        LineageEdge(
+            tenant_id=ctx.tenant.id,
+            source_type=source[0],
+            source_id=source[1],
+            target_type=target[0],
+            target_id=target[1],
+            relation=relation,
+        )
+    )
+
+
+# -- definitions ------------------------------------------------------------------------------------------
+@handles(ActionKind.ENTITY_APPLY)
+def apply_entity(ctx: HandlerContext) -> Outcome:
+    """Define an entity; an identical definition is a no-op, a changed one the next version."""
+    p: EntityApply = typed(ctx, EntityApply)
+    definition = {
+        "join_keys": [k.model_dump() for k in p.join_keys],
+        "subject": p.subject,
+        "description": p.description,
+    }
+    digest = reg.definition_digest(definition)
+    current: Entity | None = reg.latest(ctx.session, Entity, ctx.tenant.id, p.name)
+    if current is not None and current.digest == digest:
+        return Outcome({"entity": p.name, "version": current.version, "changed": False})
+    row = Entity(
+        tenant_id=ctx.tenant.id,
+        name=p.name,
+        version=current.version + 1 if current else 1,
+        join_keys=definition["join_keys"],
+        subject=p.subject,
+        description=p.description,
+        digest=digest,
+        applied_by=ctx.principal.id,
+    )
+    ctx.session.add(row)
+    ctx.session.flush()
+    return Outcome({"entity": p.name, "version": row.version, "changed": True})
+
+
+@handles(ActionKind.FEATURE_VIEW_APPLY)
+def apply_feature_view(ctx: HandlerContext) -> Outcome:
+    """Define a batch view over a source dataset, or an on-demand view over other views; versioned."""
+    p: FeatureViewApply = typed(ctx, FeatureViewApply)
+    if p.outputs:
+        return _apply_on_demand(ctx, p)
+    _features_extra()
+    from falaj.core.features import quality
+    from falaj.core.features.sources import read_schema, source_path
+
+    assert p.source_dataset is not None and p.offline_store is not None
+    ds = latest_dataset(ctx.session, ctx.tenant.id, p.source_dataset)
+    if ds is None:
+        raise NotFoundError(f"no active dataset named {p.source_dataset!r}: register it first")
+    entities = [reg.latest_entity(ctx.session, ctx.tenant.id, n) for n in p.entities]
+    keys = [k for e in entities for k in e.join_keys]
+    key_names = [k["name"] for k in keys]
+    if len(set(key_names)) != len(key_names):
+        raise ValidationError(f"the entities' join keys overlap: {key_names}")
+    clash = {f.name for f in p.features} & ({*key_names, p.timestamp_field, p.created_timestamp_field or ""})
+    if clash:
+        raise ValidationError(f"feature names {sorted(clash)} are also join keys or timestamp fields")
+    offline = ctx.backend(p.offline_store, "feature_store")
+    reg.check_capability(ctx.plane, offline, "offline")
+    online: Backend | None = None
+    if p.online_store is not None:
+        online = ctx.backend(p.online_store, "feature_store")
+        reg.check_capability(ctx.plane, online, "online")
+        if online.region != offline.region:
+            raise ValidationError(
+                f"a view's stores sit in one region: offline store {offline.name!r} is in {offline.region}, "
+                f"online store {online.name!r} in {online.region}"
+            )
+    entity_snapshot = [
+        {"name": e.name, "version": e.version, "join_keys": e.join_keys, "subject": e.subject} for e in entities
+    ]
+    subject_column = ds.subject_column
+    if subject_column is None:
+        subject_column = next((e.join_keys[0]["name"] for e in entities if e.subject), None)
+    draft = FeatureView(
+        tenant_id=ctx.tenant.id,
+        name=p.name,
+        version=0,
+        kind="batch",
+        entities=entity_snapshot,
+        features=[f.model_dump() for f in p.features],
+        ttl_seconds=p.ttl_seconds,
+    )
+    vdef = reg.view_def(draft, ctx.tenant.slug)
+    try:
+        expectations = quality.validate_expectations(vdef, p.expectations)
+    except ValueError as exc:
+        raise ValidationError(f"expectations: {exc}") from exc
+    path = source_path(ds.uri, ctx.plane.settings.data_dir / ctx.tenant.slug, ds.digest)
+    columns = _column_map(vdef, p.timestamp_field, p.created_timestamp_field)
+    differences = quality.check_schema(vdef, read_schema(path), columns)
+    if subject_column is not None and subject_column not in read_schema(path).names:
+        differences.append(f"subject column {subject_column!r} is missing from the source")
+    if differences:
+        raise ValidationError(
+            f"source dataset {ds.name} v{ds.version} does not fit the view: " + "; ".join(differences)
+        )
+    definition = {
+        "kind": "batch",
+        "entities": entity_snapshot,
+        "features": draft.features,
+        "source": ds.name,
+        "timestamp_field": p.timestamp_field,
+        "created_timestamp_field": p.created_timestamp_field,
+        "subject_column": subject_column,
+        "ttl_seconds": p.ttl_seconds,
+        "offline_store": offline.id,
+        "online_store": online.id if online else None,
+        "expectations": [e.model_dump(mode="json") for e in expectations],
+        "description": p.description,
+        "owner": p.owner,
+    }
+    digest = reg.definition_digest(definition)
+    current: FeatureView | None = reg.latest(ctx.session, FeatureView, ctx.tenant.id, p.name)
+    if current is not None and current.digest == digest:
+        return Outcome({"feature_view": p.name, "version": current.version, "changed": False})
+    row = FeatureView(
+        tenant_id=ctx.tenant.id,
+        name=p.name,
+        version=_next_version(ctx, p.name),
+        kind="batch",
+        entities=entity_snapshot,
+        features=draft.features,
+        ttl_seconds=p.ttl_seconds,
+        source_dataset_id=ds.id,
+        timestamp_field=p.timestamp_field,
+        created_timestamp_field=p.created_timestamp_field,
+        subject_column=subject_column,
+        offline_backend_id=offline.id,
+        online_backend_id=online.id if online else None,
+        expectations=definition["expectations"],
+        classification=ds.classification,
+        residency=[ds.residency],
+        description=p.description,
+        owner=p.owner,
+        digest=digest,
+        applied_by=ctx.principal.id,
+    )
+    if current is not None:
+        current.status = "superseded"
+    ctx.session.add(row)
+    ctx.session.flush()
+    _after_commit(ctx, ctx.plane.features.invalidate)
+    stored = reg.view_def(row, ctx.tenant.slug)
+    for backend in (offline, online):
+        if backend is None:
+            continue
+        try:
+            ctx.plane.backend_instance(ctx.tenant.slug, backend).apply(stored)
+        except Exception as exc:
+            raise BackendError(f"feature store {backend.name!r} could not prepare the view: {exc}") from exc
+    _lineage_edge(ctx, ("dataset", ds.id), ("feature_view", row.id), "feeds")
+    return Outcome(
+        {
+            "feature_view": p.name,
+            "version": row.version,
+            "changed": True,
+            "classification": row.classification,
+            "residency": row.residency,
+            "subject_column": subject_column,
+        }
+    )
+
+
+def _next_version(ctx: HandlerContext, name: str) -> int:
+    top = ctx.session.scalar(
+        select(FeatureView.version)
+        .where(FeatureView.tenant_id == ctx.tenant.id, FeatureView.name == name)
+        .order_by(FeatureView.version.desc())
+        .limit(1)
+    )
+    return (top or 0) + 1
+
+
+def _apply_on_demand(ctx: HandlerContext, p: FeatureViewApply) -> Outcome:
+    _features_extra()
+    from falaj.core.features.transforms import validate_transform
+
+    sources = [reg.latest_view(ctx.session, ctx.tenant.id, n) for n in p.sources]
+    inputs: dict[str, str] = {}
+    for src in sources:
+        if src.kind != "batch":
+            raise ValidationError(f"on-demand view sources must be batch views; {src.name!r} is {src.kind}")
+        for f in src.features:
+            if f["name"] in inputs:
+                raise ValidationError(f"feature {f['name']!r} comes from two sources: name each once")
+            inputs[f["name"]] = f["dtype"]
+    for r in p.request_fields:
+        if r.name in inputs:
+            raise ValidationError(f"request field {r.name!r} is also a source feature")
+        inputs[r.name] = r.dtype
+    outputs = [o.model_dump() for o in p.outputs]
+    try:
+        validate_transform(inputs, outputs)
+    except ValueError as exc:
+        raise ValidationError(f"outputs: {exc}") from exc
+    entities: list[dict[str, Any]] = []
+    for src in sources:
+        for e in src.entities:
+            if e not in entities:
+                entities.append(e)
+    datasets = [d for s in sources for d in reg.source_datasets(ctx.session, s)]
+    definition = {
+        "kind": "on_demand",
+        "sources": [{"view": s.name, "version": s.version} for s in sources],
+        "request_fields": [r.model_dump() for r in p.request_fields],
+        "outputs": outputs,
+        "description": p.description,
+        "owner": p.owner,
+    }
+    digest = reg.definition_digest(definition)
+    current: FeatureView | None = reg.latest(ctx.session, FeatureView, ctx.tenant.id, p.name)
+    if current is not None and current.digest == digest:
+        return Outcome({"feature_view": p.name, "version": current.version, "changed": False})
+    row = FeatureView(
+        tenant_id=ctx.tenant.id,
+        name=p.name,
+        version=_next_version(ctx, p.name),
+        kind="on_demand",
+        entities=entities,
+        features=[{"name": o["name"], "dtype": o["dtype"]} for o in outputs],
+        sources=definition["sources"],
+        transform={"outputs": outputs, "request_fields": definition["request_fields"]},
+        classification=strictest(ctx.plane.bundle, (d.classification for d in datasets)) if datasets else None,
+        residency=sorted({d.residency for d in datasets}),
+        description=p.description,
+        owner=p.owner,
+        digest=digest,
+        applied_by=ctx.principal.id,
+    )
+    if current is not None:
+        current.status = "superseded"
+    ctx.session.add(row)
+    ctx.session.flush()
+    _after_commit(ctx, ctx.plane.features.invalidate)
+    for src in sources:
+        _lineage_edge(ctx, ("feature_view", src.id), ("feature_view", row.id), "derives")
+    return Outcome({"feature_view": p.name, "version": row.version, "changed": True, "kind": "on_demand"})
+
+
+@handles(ActionKind.FEATURE_SERVICE_APPLY)
+def apply_feature_service(ctx: HandlerContext) -> Outcome:
+    """Name a group of features, pinned to the current view versions; versioned like views."""
+    p: FeatureServiceApply = typed(ctx, FeatureServiceApply)
+    selections = reg.parse_refs(ctx.session, ctx.tenant.id, p.features)
+    names = [f for s in selections for f in s.features]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValidationError(f"features {dupes} come from more than one view: a service holds each name once")
+    items = [{"view": s.view.name, "version": s.view.version, "features": list(s.features)} for s in selections]
+    digest = reg.definition_digest({"features": items, "description": p.description, "owner": p.owner})
+    current: FeatureService | None = reg.latest(ctx.session, FeatureService, ctx.tenant.id, p.name)
+    if current is not None and current.digest == digest:
+        return Outcome({"feature_service": p.name, "version": current.version, "changed": False})
+    row = FeatureService(
+        tenant_id=ctx.tenant.id,
+        name=p.name,
+        version=current.version + 1 if current else 1,
+        features=items,
+        description=p.description,
+        owner=p.owner,
+        digest=digest,
+        applied_by=ctx.principal.id,
+    )
+    ctx.session.add(row)
+    ctx.session.flush()
+    _after_commit(ctx, ctx.plane.features.invalidate)
+    return Outcome({"feature_service": p.name, "version": row.version, "changed": True, "features": items})
+
+
+def _column_map(vdef: Any, timestamp_field: str, created_field: str | None) -> dict[str, str]:
+    """View column -> source column."""
+    out = {k: k for k in vdef.key_names} | {f: f for f in vdef.feature_names}
+    out["event_ts"] = timestamp_field
+    if created_field:
+        out["created_ts"] = created_field
+    return out
+
+
+# -- materialization --------------------------------------------------------------------------------------
+def _checkpoint_path(ctx: HandlerContext, row: FeatureView) -> Path:
+    return ctx.plane.settings.home / "materializations" / ctx.tenant.slug / f"{row.name}__v{row.version}.json"
+
+
+@handles(ActionKind.FEATURE_VIEW_MATERIALIZE)
+def materialize(ctx: HandlerContext) -> Outcome:
+    """Source -> offline store (checked against the view's schema and expectations) -> latest per key ->
+    online store, in checkpointed chunks: a crashed materialization is resumed by the next one."""
+    p: FeatureViewMaterialize = typed(ctx, FeatureViewMaterialize)
+    _features_extra()
+    row = reg.latest_view(ctx.session, ctx.tenant.id, p.name)
+    if row.kind != "batch":
+        raise ValidationError(f"{p.name!r} is an on-demand view: it is computed at read time, not materialized")
+    emitter = ctx.plane.lineage
+    namespace = f"falaj://{ctx.tenant.slug}"
+    job = f"materialize.{row.name}"
+    ds_name = _dataset_label(ctx, row)
+    emitter.emit("START", run_id=ctx.operation_id, namespace=namespace, job=job, inputs=[ds_name])
+    try:
+        out = _materialize(ctx, p, row)
+    except Exception as exc:
+        emitter.emit("FAIL", run_id=ctx.operation_id, namespace=namespace, job=job, inputs=[ds_name], error=str(exc))
+        raise
+    outputs = [f"feature_view.{row.name}.v{row.version}"]
+    _after_commit(
+        ctx,
+        lambda: emitter.emit(
+            "COMPLETE", run_id=ctx.operation_id, namespace=namespace, job=job, inputs=[ds_name], outputs=outputs
+        ),
+    )
+    return out
+
+
+def _dataset_label(ctx: HandlerContext, row: FeatureView) -> str:
+    datasets = reg.source_datasets(ctx.session, row)
+    return f"dataset.{datasets[0].name}.v{datasets[0].version}" if datasets else "dataset.unknown"
+
+
+def _materialize(ctx: HandlerContext, p: FeatureViewMaterialize, row: FeatureView) -> Outcome:
+    import pyarrow as pa
+
+    from falaj.core.features import quality
+    from falaj.core.features.arrow import conform
+    from falaj.core.features.sources import read_table, source_path
+
+    # The view reads its source dataset by name: the latest active version now, whose schema must still fit.
+    pinned = ctx.session.get(Dataset, row.source_dataset_id) if row.source_dataset_id else None
+    ds = latest_dataset(ctx.session, ctx.tenant.id, pinned.name) if pinned is not None else None
+    if ds is None:
+        raise ConflictError(f"the source dataset of {row.name!r} is retired or gone: apply the view to a new source")
+    if pinned is not None and ds.id != pinned.id:
+        _lineage_edge(ctx, ("dataset", ds.id), ("feature_view", row.id), "feeds")
+    vdef = reg.view_def(row, ctx.tenant.slug)
+    offline = reg.store(ctx.plane, ctx.session, ctx.tenant.slug, row.offline_backend_id, "offline")
+    online = (
+        reg.store(ctx.plane, ctx.session, ctx.tenant.slug, row.online_backend_id, "online")
+        if row.online_backend_id
+        else None
+    )
+    now = datetime.now(UTC)
+    end = _utc(p.end) or now
+    start = _utc(p.start) if p.start else (None if p.mode == "full" else _utc(row.watermark))
+    if start is not None and start >= end:
+        raise ValidationError(f"nothing to materialize: the window starts at {start.isoformat()}, after its end")
+    # 1. the source, checked against the view
+    path = source_path(ds.uri, ctx.plane.settings.data_dir / ctx.tenant.slug, ds.digest)
+    source = read_table(path)
+    source_digest = ds.digest or file_digest(path)
+    differences = quality.check_schema(
+        vdef, source.schema, _column_map(vdef, row.timestamp_field or "", row.created_timestamp_field)
+    )
+    if row.subject_column and row.subject_column not in source.column_names:
+        differences.append(f"subject column {row.subject_column!r} is missing from the source")
+    if differences:
+        raise CheckDenied("source-schema", differences, "the source no longer matches the feature view")
+    renamed = {
+        v: source.column(s)
+        for v, s in _column_map(vdef, row.timestamp_field or "", row.created_timestamp_field).items()
+    }
+    if row.subject_column:
+        renamed["subject_id"] = source.column(row.subject_column).cast(pa.string())
+    table = conform(vdef, pa.table(renamed))
+    failures = quality.run_expectations(vdef, table, quality.validate_expectations(vdef, row.expectations), now)
+    if failures:
+        raise CheckDenied("data-quality", [f.message for f in failures], "the view's expectations")
+    # 2. the offline store keeps the source's history (idempotent per source digest)
+    try:
+        offline.write_source(vdef, table, source_digest=source_digest)
+    except Exception as exc:
+        raise BackendError(f"offline store could not take the source: {exc}") from exc
+    # 3. latest per key in the window -> online store, consent-filtered
+    allowed: set[str] | None = None
+    excluded = 0
+    if reg.consent_scoped(ctx.plane, [ds]) and row.subject_column:
+        subjects = {s for s in table.column("subject_id").to_pylist() if s is not None}
+        allowed = reg.consented(ctx.session, ctx.tenant.id, p.purpose, now, subjects)
+        excluded = len(subjects - allowed)
+    written = 0
+    resumed_from = 0
+    rows_latest = 0
+    if online is not None:
+        latest = offline.latest(vdef, start=start, end=end, allowed_subjects=allowed)
+        rows_latest = latest.num_rows
+        checkpoint = _checkpoint_path(ctx, row)
+        state = {"source_digest": source_digest, "start": _iso(start), "end": _iso(end), "allowed": len(allowed or ())}
+        done = 0
+        if checkpoint.exists():
+            try:
+                saved = json.loads(checkpoint.read_text())
+            except ValueError:
+                saved = {}
+            if {k: saved.get(k) for k in state} == state:
+                done = int(saved.get("chunks_done", 0))
+                resumed_from = done
+        chunk = max(1, CHUNK_ROWS)
+        chunks = (latest.num_rows + chunk - 1) // chunk
+        crash_after = os.environ.get("FALAJ_FAULT_MATERIALIZE_CRASH_AFTER_CHUNKS")  # fault injection (tests)
+        for i in range(done, chunks):
+            try:
+                written += online.write(vdef, latest.slice(i * chunk, chunk))
+            except Exception as exc:
+                raise BackendError(f"online store write failed (chunk {i + 1} of {chunks}): {exc}") from exc
+            _save_json(checkpoint, {**state, "chunks_done": i + 1})
+            if crash_after is not None and i + 1 >= int(crash_after) and i + 1 < chunks:
+                os._exit(137)
+        _after_commit(ctx, lambda: checkpoint.unlink(missing_ok=True))
+    profile = quality.profile(vdef, table)
+    record = Materialization(
+        tenant_id=ctx.tenant.id,
+        feature_view_id=row.id,
+        mode=p.mode,
+        status="succeeded",
+        window_start=start,
+        window_end=end,
+        source_digest=source_digest,
+        rows_read=table.num_rows,
+        entities_written=written,
+        excluded_subjects=excluded,
+        profile=profile,
+        requested_by=ctx.principal.id,
+        started_at=now,
+        finished_at=datetime.now(UTC),
+    )
+    ctx.session.add(record)
+    if online is not None:
+        row.watermark = end
+    ctx.session.flush()
+    return Outcome(
+        {
+            "feature_view": row.name,
+            "version": row.version,
+            "materialization": record.id,
+            "mode": p.mode,
+            "window": {"start": _iso(start), "end": _iso(end)},
+            "rows_read": table.num_rows,
+            "entities_in_window": rows_latest,
+            "entities_written": written,
+            "excluded_subjects": excluded,
+            "resumed_from_chunk": resumed_from,
+        }
+    )
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _save_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+# -- pushes ----------------------------------------------------------------------------------------------
+@handles(ActionKind.FEATURE_VIEW_PUSH)
+def push(ctx: HandlerContext) -> Outcome:
+    """Write pushed rows to the view's stores; a redelivered row (same event id) changes nothing."""
+    p: FeatureViewPush = typed(ctx, FeatureViewPush)
+    _features_extra()
+    from falaj.core.features.push import prepare_rows
+
+    row = reg.latest_view(ctx.session, ctx.tenant.id, p.name)
+    if row.kind != "batch":
+        raise ValidationError(f"{p.name!r} is an on-demand view: push to its source views")
+    vdef = reg.view_def(row, ctx.tenant.slug)
+    table, problems, _ = prepare_rows(vdef, row, p.rows)
+    if problems:
+        raise ValidationError(
+            "; ".join(problems[:20]) + (f" (and {len(problems) - 20} more)" if len(problems) > 20 else "")
+        )
+    datasets = reg.source_datasets(ctx.session, row)
+    if reg.consent_scoped(ctx.plane, datasets):
+        subjects = {s for s in table.column("subject_id").to_pylist() if s is not None}
+        allowed = reg.consented(ctx.session, ctx.tenant.id, p.purpose, datetime.now(UTC), subjects)
+        refused = sorted(subjects - allowed)
+        if refused:
+            raise CheckDenied(
+                "consent",
+                [
+                    f"{len(refused)} row subject(s) lack valid consent for {p.purpose!r}: their rows may not be stored"
+                ],
+                "consent.toml: legal basis consent = filter",
+            )
+    result: dict[str, Any] = {"feature_view": row.name, "version": row.version, "rows": table.num_rows}
+    if p.to in ("offline", "both"):
+        offline = reg.store(ctx.plane, ctx.session, ctx.tenant.slug, row.offline_backend_id, "offline")
+        try:
+            pushed = offline.push(vdef, table)
+        except Exception as exc:
+            raise BackendError(f"offline store refused the rows: {exc}") from exc
+        result.update(written=pushed.written, duplicates=pushed.duplicates)
+    if p.to in ("online", "both") and row.online_backend_id:
+        online = reg.store(ctx.plane, ctx.session, ctx.tenant.slug, row.online_backend_id, "online")
+        try:
+            result["online_updated"] = online.write(vdef, table)
+        except Exception as exc:
+            raise BackendError(f"online store refused the rows: {exc}") from exc
+    return Outcome(result)
+
+
+# -- historical retrieval ----------------------------------------------------------------------------------
+@handles(ActionKind.FEATURE_RETRIEVE)
+def retrieve(ctx: HandlerContext) -> Outcome:
+    """Point-in-time-correct training data for a purpose, with only consented subjects."""
+    p: FeatureRetrieve = typed(ctx, FeatureRetrieve)
+    _features_extra()
+    from falaj.core.features.retrieval import historical
+
+    emitter = ctx.plane.lineage
+    namespace = f"falaj://{ctx.tenant.slug}"
+    job = f"retrieve.{p.feature_service or 'features'}"
+    emitter.emit("START", run_id=ctx.operation_id, namespace=namespace, job=job)
+    try:
+        result, inputs = historical(ctx, p)
+    except Exception as exc:
+        emitter.emit("FAIL", run_id=ctx.operation_id, namespace=namespace, job=job, error=str(exc))
+        raise
+    outputs = [f"export.{p.destination}"] if p.destination else []
+    _after_commit(
+        ctx,
+        lambda: emitter.emit(
+            "COMPLETE", run_id=ctx.operation_id, namespace=namespace, job=job, inputs=inputs, outputs=outputs
+        ),
+    )
+    return Outcome(result)
