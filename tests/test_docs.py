@@ -21,7 +21,7 @@ def test_every_hook_has_a_section_in_the_plugin_guide():
     guide = (DOCS / "plugins.md").read_text()
     missing = [h for h in hook_names() if f"### `{h}`" not in guide]
     assert missing == []
-    assert len(hook_names()) == 8
+    assert len(hook_names()) == 9
 
 
 def test_every_hook_is_exercised_by_a_test():

@@ -4,6 +4,10 @@ on-demand views, data quality, consent, erasure and lineage, on the real stores 
 from __future__ import annotations
 
 import csv
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -122,7 +126,9 @@ def _online(w: World, entities: list[dict[str, Any]], as_: str = "svc", **kw: An
     from falaj.core.actions import TokenCredential
 
     args: dict[str, Any] = {"purpose": "feature-serving", "features": ["customer_stats"]} | kw
-    answer: dict[str, Any] = w.plane.features.read(TokenCredential(w.tokens[as_]), "operator", entities=entities, **args)
+    answer: dict[str, Any] = w.plane.features.read(
+        TokenCredential(w.tokens[as_]), "operator", entities=entities, **args
+    )
     return answer
 
 
@@ -446,3 +452,58 @@ def test_training_from_a_feature_service_records_lineage(fs: World) -> None:
             for e in s.scalars(select(LineageEdge).where(LineageEdge.target_id == r.data["run_id"]))
         }
     assert relations == {("feature_view", "trained_on_features"), ("dataset", "trained_on")}
+
+
+def test_a_materialization_killed_midway_is_resumed_by_the_next(fs: World, tmp_path: Path) -> None:
+    """A real process materializes in chunks of 4 keys and dies (exit 137) after 2 chunks; the next run resumes
+    from the checkpoint and the online store ends complete, with no key written twice."""
+    assert fs.act("feature_view.apply", {**VIEW, "ttl_seconds": None}, as_="eng").ok
+    env = {
+        **os.environ,
+        "FALAJ_HOME": str(fs.settings.home),
+        "FALAJ_DATABASE_URL": fs.settings.database_url,
+        "FALAJ_TOKEN": fs.tokens["svc"],
+        "FALAJ_MATERIALIZE_CHUNK_ROWS": "4",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "falaj.api.cli",
+        "features",
+        "materialize",
+        "customer_stats",
+        "--tenant",
+        "operator",
+        "--full",
+        "--json",
+    ]
+    crashed = subprocess.run(
+        command,
+        env={**env, "FALAJ_FAULT_MATERIALIZE_CRASH_AFTER_CHUNKS": "2"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert crashed.returncode == 137, crashed.stderr
+    # Nothing of the crashed action was committed: no materialization row, the watermark unchanged...
+    with fs.plane.sessions() as s:
+        from sqlalchemy import func, select
+
+        from falaj.core.domain import Materialization
+
+        assert s.scalar(select(func.count()).select_from(Materialization)) == 0
+    # ...but the 8 keys of its two chunks are in the online store already.
+    present = [
+        r
+        for r in _online(fs, [{"customer_id": f"c{c:02d}"} for c in range(20)])["results"]
+        if r["status"]["customer_stats"]["status"] == "present"
+    ]
+    assert len(present) == 8
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    data = json.loads(resumed.stdout)["data"]
+    assert data["resumed_from_chunk"] == 2
+    assert data["entities_in_window"] == 18 and data["entities_written"] == 10
+    answers = _online(fs, [{"customer_id": f"c{c:02d}"} for c in range(20) if c not in (3, 7)])["results"]
+    assert all(r["status"]["customer_stats"]["status"] == "present" for r in answers)
+    assert not list((fs.settings.home / "materializations").rglob("*.json"))  # the checkpoint is gone

@@ -26,14 +26,28 @@ EXAMPLE = HERE / "plugins" / "falaj-example-plugin"
 
 def test_builtins_are_registered_as_plugins():
     registry = create_plugin_manager(load_entrypoints=False)
-    names = {"local-storage", "static-cost", "local-compute", "onnx-serving"}
+    names = {
+        "local-storage",
+        "static-cost",
+        "local-compute",
+        "onnx-serving",
+        "feature-store",
+        "redis-online",
+        "nats-stream",
+    }
     assert {p.name for p in registry.plugins.values()} == names
     assert all(p.state == "active" and p.source == "builtin" for p in registry.plugins.values())
     assert registry.backend_spec("storage", "local") is not None
     assert registry.backend_spec("cost", "rate-card") is not None
     assert registry.backend_spec("compute", "local") is not None
     assert registry.backend_spec("serving", "onnxruntime") is not None
-    assert len(BUILTIN_PLUGINS) == 4
+    assert registry.backend_spec("feature_store", "parquet-offline") is not None
+    assert registry.backend_spec("feature_store", "sqlite-online") is not None
+    assert registry.backend_spec("feature_store", "redis-online") is not None
+    assert registry.backend_spec("stream_source", "nats-jetstream") is not None
+    assert len(BUILTIN_PLUGINS) == len(names)
+    sources = [spec for specs in registry.pm.hook.falaj_stream_sources() for spec in specs]
+    assert [s.name for s in sources] == ["nats-jetstream"] and "streaming" in sources[0].capabilities
     # Heavy frameworks are imported by the jobs and servers that need them, never by registering a plugin.
     import subprocess
     import sys
@@ -41,7 +55,8 @@ def test_builtins_are_registered_as_plugins():
     probe = (
         "import sys; from falaj.core.plugin import create_plugin_manager; "
         "create_plugin_manager(load_entrypoints=False); "
-        "print(sorted(m for m in ('torch', 'onnxruntime', 'onnx', 'numpy') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'onnx', 'numpy', 'pyarrow', 'duckdb', 'redis', 'nats') "
+        "if m in sys.modules))"
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"

@@ -443,19 +443,29 @@ def _materialize(ctx: HandlerContext, p: FeatureViewMaterialize, row: FeatureVie
     resumed_from = 0
     rows_latest = 0
     if online is not None:
-        latest = offline.latest(vdef, start=start, end=end, allowed_subjects=allowed)
-        rows_latest = latest.num_rows
         checkpoint = _checkpoint_path(ctx, row)
-        state = {"source_digest": source_digest, "start": _iso(start), "end": _iso(end), "allowed": len(allowed or ())}
+        state = {
+            "source_digest": source_digest,
+            "start": _iso(start),
+            "allowed": reg.definition_digest(sorted(allowed)) if allowed is not None else None,
+        }
         done = 0
         if checkpoint.exists():
             try:
                 saved = json.loads(checkpoint.read_text())
             except ValueError:
                 saved = {}
-            if {k: saved.get(k) for k in state} == state:
+            same = {k: saved.get(k) for k in state} == state
+            # A run that named no end resumes the crashed one's window; one that named another end starts over.
+            if same and (p.end is None or saved.get("end") == _iso(end)) and saved.get("end"):
+                end = datetime.fromisoformat(saved["end"])
                 done = int(saved.get("chunks_done", 0))
                 resumed_from = done
+        state["end"] = _iso(end)
+        latest = offline.latest(vdef, start=start, end=end, allowed_subjects=allowed)
+        # Chunks must be the same in a resumed run: keys in a fixed order.
+        latest = latest.sort_by([(k, "ascending") for k in vdef.key_names])
+        rows_latest = latest.num_rows
         chunk = max(1, CHUNK_ROWS)
         chunks = (latest.num_rows + chunk - 1) // chunk
         crash_after = os.environ.get("FALAJ_FAULT_MATERIALIZE_CRASH_AFTER_CHUNKS")  # fault injection (tests)
@@ -550,9 +560,7 @@ def push(ctx: HandlerContext) -> Outcome:
         if refused:
             raise CheckDenied(
                 "consent",
-                [
-                    f"{len(refused)} row subject(s) lack valid consent for {p.purpose!r}: their rows may not be stored"
-                ],
+                [f"{len(refused)} row subject(s) lack valid consent for {p.purpose!r}: their rows may not be stored"],
                 "consent.toml: legal basis consent = filter",
             )
     result: dict[str, Any] = {"feature_view": row.name, "version": row.version, "rows": table.num_rows}

@@ -26,6 +26,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "falaj.plugins.local_compute",
     "falaj.plugins.onnx_serving",
     "falaj.plugins.feature_store",
+    "falaj.plugins.redis_online",
+    "falaj.plugins.nats_stream",
 )
 
 

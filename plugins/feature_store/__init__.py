@@ -30,11 +30,11 @@ def falaj_feature_stores() -> Iterable[FeatureStoreSpec]:
         name="parquet-offline",
         factory=_offline,
         description="Offline store: Parquet files in the backend's folder, point-in-time joins through DuckDB",
-        capabilities={"offline"},
+        capabilities=frozenset({"offline"}),
     )
     yield FeatureStoreSpec(
         name="sqlite-online",
         factory=_online,
         description="Online store: one SQLite file in the backend's folder (the embedded default)",
-        capabilities={"online"},
+        capabilities=frozenset({"online"}),
     )
