@@ -467,7 +467,6 @@ def _lifecycle(demo: Demo, settings: Settings) -> None:
         demo.note("lifecycle", f"skipped: needs {', '.join(missing)} (pip install -e '.[ml]')")
         return
     import httpx
-    import numpy as np
     from sklearn.datasets import load_breast_cancer  # type: ignore[import-untyped]
 
     from falaj.core.domain import Backend, Deployment
@@ -485,30 +484,71 @@ def _lifecycle(demo: Demo, settings: Settings) -> None:
     ]
     for backend in backends:
         demo.expect(demo.act("admin", "backend.register", backend), "succeeded", str(backend["name"]))
-    # A real public dataset that scikit-learn ships (no download), with patient ids and consent added.
+    # A real public dataset that scikit-learn ships (no download), with patient ids, measurement times and
+    # consent added: the measurements feed a feature view, the diagnoses are the labels.
     data = load_breast_cancer()
     columns = [f"f{i}" for i in range(data.data.shape[1])]
-    lines = ["pid," + ",".join(columns) + ",malignant"]
+    measured = "2026-03-01T08:00:00+00:00"
+    lines = ["pid,event_timestamp," + ",".join(columns)]
+    labels = ["pid,event_timestamp,malignant"]
     for i, (x, y) in enumerate(zip(data.data, data.target, strict=True)):
-        lines.append(f"P{i:04d}," + ",".join(f"{v:.6g}" for v in x) + f",{int(y == 0)}")
-    path = settings.data_dir / TENANT / "patients.csv"
-    path.write_text("\n".join(lines) + "\n")
-    dataset = {
-        "name": "patients",
-        "classification": "personal",
-        "residency": "AE",
-        "legal_basis": "consent",
-        "uri": path.as_uri(),
-        "subject_column": "pid",
-    }
-    demo.expect(demo.act("omar", "dataset.register", dataset), "succeeded", "patients")
+        lines.append(f"P{i:04d},{measured}," + ",".join(f"{v:.6g}" for v in x))
+        labels.append(f"P{i:04d},2026-03-02T08:00:00+00:00,{int(y == 0)}")
+    folder = settings.data_dir / TENANT
+    (folder / "measurements.csv").write_text("\n".join(lines) + "\n")
+    (folder / "diagnoses.csv").write_text("\n".join(labels) + "\n")
+    for name in ("measurements", "diagnoses"):
+        dataset = {
+            "name": name,
+            "classification": "personal",
+            "residency": "AE",
+            "legal_basis": "consent",
+            "uri": (folder / f"{name}.csv").as_uri(),
+            "subject_column": "pid",
+        }
+        demo.expect(demo.act("omar", "dataset.register", dataset), "succeeded", name)
     withdrawn = {f"P{i:04d}" for i in range(0, len(data.target), 9)}
     for i in range(len(data.target)):
-        demo.expect(
-            demo.act("omar", "consent.record", {"subject_id": f"P{i:04d}", "purpose": "training"}), "succeeded", "c"
-        )
+        for purpose in ("training", "feature-serving"):
+            demo.expect(
+                demo.act("omar", "consent.record", {"subject_id": f"P{i:04d}", "purpose": purpose}), "succeeded", "c"
+            )
     for pid in sorted(withdrawn):
-        demo.expect(demo.act("omar", "consent.withdraw", {"subject_id": pid, "purpose": "training"}), "succeeded", "w")
+        for purpose in ("training", "feature-serving"):
+            demo.expect(demo.act("omar", "consent.withdraw", {"subject_id": pid, "purpose": purpose}), "succeeded", "w")
+
+    # The feature store: an entity whose key is a data subject, a versioned view with expectations, a service.
+    for backend in (
+        {"name": "uae-offline", "kind": "feature_store", "plugin": "parquet-offline", "region": "me-central-1"},
+        {"name": "uae-online", "kind": "feature_store", "plugin": "sqlite-online", "region": "me-central-1"},
+    ):
+        demo.expect(demo.act("admin", "backend.register", backend), "succeeded", str(backend["name"]))
+    patient = {"name": "patient", "join_keys": [{"name": "pid", "dtype": "string"}], "subject": True}
+    demo.expect(demo.act("layla", "entity.apply", patient), "succeeded", "entity")
+    view = {
+        "name": "tumour_measurements",
+        "entities": ["patient"],
+        "features": [{"name": c, "dtype": "float64"} for c in columns],
+        "source_dataset": "measurements",
+        "offline_store": "uae-offline",
+        "online_store": "uae-online",
+        "expectations": [{"type": "not_null", "column": c} for c in columns]
+        + [{"type": "range", "column": "f0", "min": 0, "max": 100}],
+    }
+    demo.expect(demo.act("layla", "feature_view.apply", view), "succeeded", "feature view")
+    service = {"name": "triage-features", "features": ["tumour_measurements"]}
+    demo.expect(demo.act("layla", "feature_service.apply", service), "succeeded", "feature service")
+    materialized = demo.expect(
+        demo.act("layla", "feature_view.materialize", {"name": "tumour_measurements", "mode": "full"}),
+        "succeeded",
+        "materialize",
+    )
+    demo.note(
+        "features",
+        f"view tumour_measurements v1 ({len(columns)} features, {len(view['expectations'])} expectations met): "
+        f"{materialized.data['entities_written']} patients online, "
+        f"{materialized.data['excluded_subjects']} without consent for feature-serving left out",
+    )
 
     runs = []
     for seed, hidden in ((1, [32]), (2, [64, 16])):
@@ -516,17 +556,24 @@ def _lifecycle(demo: Demo, settings: Settings) -> None:
             "trainer": "tabular_classifier",
             "target": "malignant",
             "subject_column": "pid",
+            "features": columns,
             "epochs": 15,
             "seed": seed,
             "hidden": hidden,
             "threads": 1,
         }
-        body = {"name": f"triage-{seed}", "backend": "uae-cpu", "inputs": ["patients"], "spec": spec}
+        body = {
+            "name": f"triage-{seed}",
+            "backend": "uae-cpu",
+            "features": {"feature_service": "triage-features", "entity_dataset": "diagnoses"},
+            "spec": spec,
+        }
         runs.append(demo.expect(demo.act("layla", "training.submit", body), "succeeded", "train"))
     demo.note(
         "train",
-        f"2 runs in their own processes on {len(data.target) - len(withdrawn)} consented rows; "
-        f"{runs[0].data['excluded_rows']} withdrawn patients excluded before the trainer saw the data",
+        f"2 runs in their own processes on {len(data.target) - len(withdrawn)} consented rows, a point-in-time "
+        f"join of the diagnoses with the feature service; {runs[0].data['excluded_rows']} withdrawn patients "
+        "excluded before the trainer saw the data",
     )
     demo.expect(demo.act("layla", "model.register", {"name": "triage"}), "succeeded", "model")
     with demo.plane.sessions() as session:
@@ -582,12 +629,24 @@ def _lifecycle(demo: Demo, settings: Settings) -> None:
         raise RuntimeError(f"the approved deployment is {status}, not live")
     runtime = demo.plane.backend_instance(TENANT, runtime_row)
     try:
-        x = np.asarray(data.data[:200], dtype=np.float32)
+        # Serving reads each patient's features from the online store (a governed read: consent is checked
+        # per patient at read time), then asks the model over the Open Inference Protocol.
+        patients = [f"P{i:04d}" for i in range(200)]
+        online = demo.plane.features.read(
+            TokenCredential(demo.tokens["layla"]),
+            TENANT,
+            entities=[{"pid": p} for p in patients],
+            purpose="feature-serving",
+            feature_service="triage-features",
+        )
+        served_rows = [r for r in online["results"] if r["status"]["tumour_measurements"]["status"] == "present"]
+        withheld = len(patients) - len(served_rows)
         with httpx.Client(base_url=endpoint, timeout=30) as client:
-            for i in range(200):
+            for r in served_rows:
+                vector = [r["values"][c] for c in columns]
                 infer: dict[str, Any] = {
-                    "inputs": [{"name": "input", "shape": [1, x.shape[1]], "datatype": "FP32", "data": x[i].tolist()}],
-                    "parameters": {"route_key": f"P{i:04d}"},
+                    "inputs": [{"name": "input", "shape": [1, len(vector)], "datatype": "FP32", "data": vector}],
+                    "parameters": {"route_key": r["entity"]["pid"]},
                 }
                 answer = client.post("/v2/models/triage-prod/infer", json=infer)
                 if answer.status_code != 200:
@@ -596,7 +655,9 @@ def _lifecycle(demo: Demo, settings: Settings) -> None:
         split = ", ".join(f"v{v['version']}: {v['requests']}" for v in stats["variants"])
         demo.note(
             "serve",
-            f"live on ONNX Runtime in me-central-1 after 2 approvals; 200 V2 requests, sticky 80/20 split → {split}",
+            f"live on ONNX Runtime in me-central-1 after 2 approvals; features read from the online store for "
+            f"{len(served_rows)} patients ({withheld} withheld: no consent for feature-serving), "
+            f"{len(served_rows)} V2 requests, sticky 80/20 split → {split}",
         )
         outside = {**request, "name": "triage-eu", "runtime_backend": "eu-ort", "environment": "dev"}
         denied = demo.expect(demo.act("layla", "deployment.request", outside), "denied", "outside the UAE")

@@ -64,7 +64,7 @@ def to_utc(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
             return to_utc(column.cast(pa.timestamp("us")))
         except pa.ArrowInvalid:
             pass
-        values = []
+        values: list[datetime | None] = []
         for value in column.to_pylist():
             if value is None:
                 values.append(None)

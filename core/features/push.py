@@ -76,7 +76,7 @@ def check_row(vdef: FeatureViewDef, view: FeatureView, record: Any, now: datetim
                 value = _timestamp(value)
             except ValueError as exc:
                 return None, f"{name!r}: {exc}"
-        out[name] = float(value) if dtype == "float64" else value
+        out[name] = float(value) if dtype == "float64" and isinstance(value, int | float) else value
     subject = None
     if view.subject_column:
         raw = record.get(view.subject_column, out.get(view.subject_column))

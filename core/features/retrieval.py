@@ -217,7 +217,7 @@ def write_parquet(table: pa.Table, path: Path) -> None:
 
 
 def _jsonable(table: pa.Table) -> list[dict[str, Any]]:
-    rows = table.to_pylist()
+    rows: list[dict[str, Any]] = table.to_pylist()
     for row in rows:
         for k, v in row.items():
             if isinstance(v, datetime):
