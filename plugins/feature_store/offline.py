@@ -623,7 +623,7 @@ class ParquetOfflineStore(OfflineFeatureStore):
                         removed += count
                 conn.executescript("PRAGMA incremental_vacuum;")
                 # the WAL still holds the pages as they were before the delete: write them back and empty it
-                busy = 0
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
                 if busy:
                     raise BackendError(
                         f"erasure in {folder.root.name}: rows deleted, but the write-ahead log still holds old pages "

@@ -91,7 +91,7 @@ def check_view(view: FeatureViewDef, tenant: str) -> None:
         )
     check_storage_name("feature view table id", view.table_id)
     if not view.join_keys:
-        raise ValueError(f"feature view {view.name!r} has no join keys: an online store needs at least one")
+        raise ValueError(f"feature view {view.name!r} has no join keys: a feature store needs at least one")
     seen: set[str] = set()
     for column, dtype in (*view.join_keys, *view.features):
         if not isinstance(column, str) or not IDENTIFIER.match(column):
