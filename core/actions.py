@@ -192,6 +192,8 @@ def _not_reserved(name: str) -> str:
 
 
 ColumnName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"), AfterValidator(_not_reserved)]
+#: A column of a source dataset (it may carry a reserved name: a source's ``event_ts`` is the view's event time).
+SourceColumn = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
 FeatureDType = Literal["int64", "float64", "string", "bool", "timestamp"]
 #: ``view:feature``, or ``view`` for all of a view's features.
 FeatureRef = Annotated[
@@ -241,8 +243,8 @@ class FeatureViewApply(Payload):
     entities: list[Name] = Field(default_factory=list, max_length=4)
     features: list[ColumnDef] = Field(default_factory=list, max_length=500)
     source_dataset: Name | None = None
-    timestamp_field: ColumnName = "event_timestamp"
-    created_timestamp_field: ColumnName | None = None
+    timestamp_field: SourceColumn = "event_timestamp"
+    created_timestamp_field: SourceColumn | None = None
     ttl_seconds: int | None = Field(default=None, ge=1, le=10 * 365 * 86400)
     offline_store: Name | None = None
     online_store: Name | None = None

@@ -75,6 +75,10 @@ _FINAL_RUN_STATES = frozenset({"succeeded", "failed", "cancelled"})
 WAL_RESTART_PAGES = 20_000  # about 80 MB of write-ahead log
 log = logging.getLogger(__name__)
 _AFTER_COMMIT = "falaj.after_commit"
+#: Actions after which remembered read grants are forgotten at once.
+_IDENTITY_CHANGES = frozenset(
+    {"token.revoke", "role.revoke", "role.assign", "principal.disable", "tenant.update", "policy.reload"}
+)
 NO_ROLES: frozenset[str] = frozenset()
 #: Payload fields that plugins never see (they are secrets for the handler alone).
 _SECRET_FIELDS = {"identity_token"}
@@ -337,6 +341,7 @@ class ControlPlane:
             stop.set()
             thread.join(timeout=5)
             self._checkpointer = None
+        self.lineage.close()
         self.engine.dispose()
 
     # -- the pipeline --------------------------------------------------------------------------------------
@@ -419,6 +424,8 @@ class ControlPlane:
                 self.audit.after_commit(session)
             finally:
                 session.close()
+        if result.outcome == "succeeded" and action.kind in _IDENTITY_CHANGES:
+            self.features.invalidate()  # remembered online-read grants end now in this process (others: 1 s)
         for callback in callbacks:
             # The action is committed; what it triggers (a rollout after a quorum) is its own action, audited
             # on its own. Its failure must not turn this one into an exception.

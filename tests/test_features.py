@@ -197,6 +197,12 @@ def test_materialize_then_online_reads_with_consent_freshness_and_unknown_keys(f
     with pytest.raises(ReadDenied) as denied:
         _online(fs, [{"customer_id": "c02"}], as_="ap")
     assert denied.value.audit_seq is not None
+    # Reads are remembered as allowed for a second at most; revoking the token ends them at once.
+    prefix = fs.tokens["svc"].split("_")[1]
+    assert fs.act("token.revoke", {"prefix": prefix}).ok
+    with pytest.raises(ReadDenied) as revoked:
+        _online(fs, [{"customer_id": "c02"}])
+    assert revoked.value.check == "authenticate"
 
 
 def test_incremental_materialization_is_idempotent(fs: World) -> None:

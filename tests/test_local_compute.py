@@ -196,7 +196,12 @@ def test_classifier_trains_exports_onnx_that_matches_torch_and_is_reproducible(
     out = first.outputs
     artifact = Path(out["artifact_path"])
     assert artifact == job_folder(backend, "bc-1") / "artifact"
-    assert sorted(p.name for p in artifact.iterdir()) == ["falaj-model.json", "model.onnx", "model.onnx.data"]
+    assert sorted(p.name for p in artifact.iterdir()) == [
+        "falaj-model.json",
+        "model.onnx",
+        "model.onnx.data",
+        "model.pt2",
+    ]
     assert Path(out["log_path"]).is_file() and "epoch 15/15" in Path(out["log_path"]).read_text()
     assert out["started_at"] and out["finished_at"] and out["finished_at"] > out["started_at"]
 
@@ -232,7 +237,7 @@ def test_classifier_trains_exports_onnx_that_matches_torch_and_is_reproducible(
 
     # The same seed gives the same model, byte for byte, and the same metrics.
     other = Path(second.outputs["artifact_path"])
-    for name in ("model.onnx", "model.onnx.data", "falaj-model.json"):
+    for name in ("model.onnx", "model.onnx.data", "model.pt2", "falaj-model.json"):
         assert (artifact / name).read_bytes() == (other / name).read_bytes(), name
     assert dict(first.metrics) == dict(second.metrics)
 

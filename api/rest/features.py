@@ -28,6 +28,9 @@ class OnlineRequest(BaseModel):
     feature_service: Name | None = None
     entities: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_ONLINE_KEYS)
     full_feature_names: bool = False
+    include_expired: bool = Field(
+        default=False, description="Also answer values older than a view's TTL (their status stays `expired`)."
+    )
 
 
 @post(
@@ -55,6 +58,7 @@ async def read_online(request: Request[Any, Any, Any], tenant: FromPath[str], da
                 features=data.features,
                 feature_service=data.feature_service,
                 full_feature_names=data.full_feature_names,
+                include_expired=data.include_expired,
             )
             return answer
         except ReadDenied as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -28,6 +29,10 @@ class LineageEmitter:
         self.path = home / "lineage" / "openlineage.ndjson"
         self._client: Any = None
         self._lock = threading.Lock()
+        # Events are sent by one background thread, in order: an action never waits for the transport (nor
+        # for the OpenLineage client's import, half a second the first time).
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=10_000)
+        self._worker: threading.Thread | None = None
 
     def _get_client(self) -> Any:
         with self._lock:
@@ -55,10 +60,63 @@ class LineageEmitter:
         job: str,
         inputs: Sequence[str] = (),
         outputs: Sequence[str] = (),
-        facets: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> None:
-        """Send one run event; ``inputs``/``outputs`` are dataset names within ``namespace``."""
+        """Queue one run event; ``inputs``/``outputs`` are dataset names within ``namespace``."""
+        event = {
+            "state": state,
+            "run_id": run_id,
+            "namespace": namespace,
+            "job": job,
+            "inputs": list(inputs),
+            "outputs": list(outputs),
+            "error": error,
+            "at": datetime.now(UTC).isoformat(),
+        }
+        with self._lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._run, name="falaj-openlineage", daemon=True)
+                self._worker.start()
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            log.warning("OpenLineage queue full: %s event for %s dropped", state, job)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every queued event has been handed to the transport."""
+        deadline = threading.Event()
+        timer = threading.Timer(timeout, deadline.set)
+        timer.start()
+        try:
+            while self._queue.unfinished_tasks and not deadline.is_set():
+                deadline.wait(0.01)
+        finally:
+            timer.cancel()
+
+    def close(self) -> None:
+        self.flush()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is not None:
+                    self._send(**item)
+            finally:
+                self._queue.task_done()
+
+    def _send(
+        self,
+        state: str,
+        *,
+        run_id: str,
+        namespace: str,
+        job: str,
+        inputs: list[str],
+        outputs: list[str],
+        error: str | None,
+        at: str,
+    ) -> None:
         try:
             from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
             from openlineage.client.facet_v2 import error_message_run
@@ -70,7 +128,7 @@ class LineageEmitter:
                 )
             event = RunEvent(
                 eventType=getattr(RunState, state),
-                eventTime=datetime.now(UTC).isoformat(),
+                eventTime=at,
                 run=Run(runId=_uuid(run_id), facets=run_facets),
                 job=Job(namespace=namespace, name=job),
                 producer=PRODUCER,
@@ -85,6 +143,7 @@ class LineageEmitter:
         """The events written to the local file (tests and `falaj features lineage`)."""
         import json
 
+        self.flush()
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -9,6 +9,7 @@ exactly the subjects in the batch, so a withdrawal takes effect at once.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -29,8 +30,18 @@ if TYPE_CHECKING:
 
 MAX_ONLINE_KEYS = 1000
 PLAN_TTL_S = 1.0
+#: How long an allowed (credential, tenant) pair is remembered: a revoked token, a disabled principal or tenant,
+#: a removed role stops online reads within this time (as a policy reload reaches every worker).
+GRANT_TTL_S = 1.0
 
 _KEY_TYPES: dict[str, tuple[type, ...]] = {"int64": (int,), "string": (str,), "float64": (int, float), "bool": (bool,)}
+
+
+@dataclass(frozen=True)
+class _Grant:
+    tenant: TenantView
+    bundle: str
+    made: float
 
 
 @dataclass(frozen=True)
@@ -38,7 +49,7 @@ class _ViewPlan:
     name: str
     version: int
     vdef: FeatureViewDef | None  # None for on-demand views
-    backend_id: str | None
+    store: Any  # the live online store (None for on-demand views)
     features: tuple[str, ...]
     subject_key: str | None
     has_subject: bool
@@ -62,12 +73,14 @@ class OnlineReader:
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
         self._plans: dict[tuple[Any, ...], _Plan] = {}
+        self._grants: dict[tuple[str, str], _Grant] = {}
         self._lock = threading.Lock()
 
     def invalidate(self) -> None:
         """Forget every plan (a definition changed in this process; other processes follow within a second)."""
         with self._lock:
             self._plans.clear()
+            self._grants.clear()
 
     def read(
         self,
@@ -79,7 +92,9 @@ class OnlineReader:
         features: Sequence[str] = (),
         feature_service: str | None = None,
         full_feature_names: bool = False,
+        include_expired: bool = False,
     ) -> dict[str, Any]:
+        """``include_expired`` answers values older than a view's TTL too (status still ``expired``)."""
         if bool(features) == bool(feature_service):
             raise ValidationError("name either features or a feature_service")
         if not isinstance(entities, Sequence) or not entities:
@@ -91,11 +106,50 @@ class OnlineReader:
                 f"unknown purpose {purpose!r}: known purposes are {sorted(self.plane.bundle.purposes)}"
             )
 
+        grant_key = _grant_key(credential, tenant)
+        grant = self._grants.get(grant_key) if grant_key is not None else None
+        if (
+            grant is not None
+            and time.monotonic() - grant.made < GRANT_TTL_S
+            and grant.bundle == self.plane.bundle.digest
+        ):
+            # Allowed a moment ago: no database round trip unless the plan is stale or consent must be checked.
+            return self._fast(
+                grant.tenant, feature_service, tuple(features), entities, purpose, full_feature_names, include_expired
+            )
+
         def query(session: Session, t: TenantView) -> dict[str, Any]:
             plan = self._plan(session, t, feature_service, tuple(features))
-            return self._answer(session, t, plan, entities, purpose, full_feature_names)
+            if grant_key is not None:
+                with self._lock:
+                    if len(self._grants) > 10_000:
+                        self._grants.clear()
+                    self._grants[grant_key] = _Grant(t, self.plane.bundle.digest, time.monotonic())
+            return self._answer(session, t, plan, entities, purpose, full_feature_names, include_expired)
 
-        return self.plane.read(credential, tenant, "feature", query, verb="retrieve")
+        answer: dict[str, Any] = self.plane.read(credential, tenant, "feature", query, verb="retrieve")
+        return answer
+
+    def _fast(
+        self,
+        tenant: TenantView,
+        service: str | None,
+        refs: tuple[str, ...],
+        entities: Sequence[Mapping[str, Any]],
+        purpose: str,
+        full: bool,
+        include_expired: bool,
+    ) -> dict[str, Any]:
+        from falaj.core.db import read_only
+
+        plan = self._plans.get((tenant.id, service, refs))
+        if plan is not None and time.monotonic() - plan.made < PLAN_TTL_S and not plan.consent_scoped:
+            return self._answer(None, tenant, plan, entities, purpose, full, include_expired)
+        with Session(read_only(self.plane.engine)) as session:
+            plan = self._plan(session, tenant, service, refs)
+            answer = self._answer(session, tenant, plan, entities, purpose, full, include_expired)
+            session.rollback()
+            return answer
 
     # -- planning -------------------------------------------------------------------------------------------
     def _plan(self, session: Session, tenant: TenantView, service: str | None, refs: tuple[str, ...]) -> _Plan:
@@ -130,7 +184,9 @@ class OnlineReader:
                     names.append(parent.name)
                     dtypes.update({f["name"]: f["dtype"] for f in parent.features})
                     if parent.name not in internal:
-                        internal[parent.name] = self._stored(parent, tenant, tuple(f["name"] for f in parent.features))
+                        internal[parent.name] = self._stored(
+                            session, parent, tenant, tuple(f["name"] for f in parent.features)
+                        )
                 request = tuple(f["name"] for f in sel.view.transform.get("request_fields", []))
                 dtypes.update({f["name"]: f["dtype"] for f in sel.view.transform.get("request_fields", [])})
                 transform = validate_transform(dtypes, sel.view.transform["outputs"])
@@ -151,17 +207,19 @@ class OnlineReader:
             else:
                 if sel.view.online_backend_id is None:
                     raise ValidationError(f"feature view {sel.view.name!r} has no online store")
-                views.append(self._stored(sel.view, tenant, sel.features))
+                views.append(self._stored(session, sel.view, tenant, sel.features))
         output = tuple((v.name, f) for v in views for f in v.features)
         return _Plan(tuple(views), tuple(internal.values()), reg.consent_scoped(self.plane, datasets), output)
 
-    @staticmethod
-    def _stored(view: Any, tenant: TenantView, features: tuple[str, ...]) -> _ViewPlan:
+    def _stored(self, session: Session, view: Any, tenant: TenantView, features: tuple[str, ...]) -> _ViewPlan:
+        backend = session.get(Backend, view.online_backend_id) if view.online_backend_id else None
+        if backend is None or not backend.enabled:
+            raise ValidationError(f"the online store of {view.name!r} is gone or disabled")
         return _ViewPlan(
             view.name,
             view.version,
             reg.view_def(view, tenant.slug),
-            view.online_backend_id,
+            self.plane.backend_instance(tenant.slug, backend),
             features,
             reg.subject_key(view),
             bool(view.subject_column),
@@ -171,12 +229,13 @@ class OnlineReader:
     # -- answering ------------------------------------------------------------------------------------------
     def _answer(
         self,
-        session: Session,
+        session: Session | None,
         tenant: TenantView,
         plan: _Plan,
         entities: Sequence[Mapping[str, Any]],
         purpose: str,
         full: bool,
+        include_expired: bool = False,
     ) -> dict[str, Any]:
         now = datetime.now(UTC)
         stored = [v for v in plan.views if v.vdef is not None]
@@ -184,8 +243,9 @@ class OnlineReader:
         for view in [*stored, *plan.internal]:
             if view.name in fetched:
                 continue
-            fetched[view.name] = self._fetch(session, tenant, view, entities)
+            fetched[view.name] = self._fetch(view, entities)
         if plan.consent_scoped:
+            assert session is not None
             subjects = {
                 row.subject_id
                 for rows in fetched.values()
@@ -208,7 +268,7 @@ class OnlineReader:
             status: dict[str, Any] = {}
             for view in plan.views:
                 if view.vdef is not None:
-                    values_i, status[view.name] = self._values(view, fetched[view.name][i], now)
+                    values_i, status[view.name] = self._values(view, fetched[view.name][i], now, include_expired)
                 else:
                     values_i, status[view.name] = self._on_demand(view, plan, fetched, i, entity, now)
                 for f in view.features:
@@ -222,9 +282,8 @@ class OnlineReader:
             "results": answers,
         }
 
-    def _fetch(
-        self, session: Session, tenant: TenantView, view: _ViewPlan, entities: Sequence[Mapping[str, Any]]
-    ) -> list[Any]:
+    @staticmethod
+    def _fetch(view: _ViewPlan, entities: Sequence[Mapping[str, Any]]) -> list[Any]:
         assert view.vdef is not None
         out: list[Any] = [None] * len(entities)
         keys: list[tuple[Any, ...]] = []
@@ -237,11 +296,7 @@ class OnlineReader:
                 keys.append(key)
                 where.append(i)
         if keys:
-            backend = session.get(Backend, view.backend_id) if view.backend_id else None
-            if backend is None or not backend.enabled:
-                raise ValidationError(f"the online store of {view.name!r} is gone or disabled")
-            store = self.plane.backend_instance(tenant.slug, backend)
-            rows = store.read(view.vdef, keys, None)
+            rows = view.store.read(view.vdef, keys, None)
             position = view.vdef.key_names.index(view.subject_key) if view.subject_key else None
             for i, key, row in zip(where, keys, rows, strict=True):
                 if position is not None and row.values is not None and row.subject_id is None:
@@ -250,7 +305,9 @@ class OnlineReader:
         return out
 
     @staticmethod
-    def _values(view: _ViewPlan, row: Any, now: datetime) -> tuple[Mapping[str, Any] | None, dict[str, Any]]:
+    def _values(
+        view: _ViewPlan, row: Any, now: datetime, include_expired: bool = False
+    ) -> tuple[Mapping[str, Any] | None, dict[str, Any]]:
         if isinstance(row, str):
             return None, {"status": row}
         if row is None or row.values is None:
@@ -263,7 +320,8 @@ class OnlineReader:
         }
         if view.ttl is not None and age is not None and age > view.ttl:
             info["status"] = "expired"
-            return None, info
+            if not include_expired:
+                return None, info
         return {k: _plain(v) for k, v in row.values.items()}, info
 
     def _on_demand(
@@ -324,3 +382,12 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and value != value:
         return None
     return value
+
+
+def _grant_key(credential: Any, tenant: str) -> tuple[str, str] | None:
+    """Remember only bearer tokens (by digest): other credentials go through the full check every time."""
+    from falaj.core.actions import TokenCredential
+
+    if isinstance(credential, TokenCredential) and isinstance(credential.token, str):
+        return hashlib.sha256(credential.token.encode("utf-8", "surrogatepass")).hexdigest(), tenant
+    return None

@@ -40,7 +40,14 @@ def _relation(con: duckdb.DuckDBPyConnection, path: Path) -> duckdb.DuckDBPyRela
 
 
 def read_table(path: Path) -> pa.Table:
-    """The whole file as an Arrow table (types as DuckDB infers them; timestamps UTC)."""
+    """The whole file as an Arrow table (Parquet as written; CSV with types as DuckDB infers them)."""
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ValidationError(f"cannot read {path.name}: {exc}") from exc
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone='UTC'")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ from falaj.core.actions import (
     FeatureViewMaterialize,
     FeatureViewPush,
 )
-from falaj.core.domain import Backend, Dataset, Entity, FeatureService, FeatureView, LineageEdge, Materialization
 from falaj.core.datasets import file_digest
+from falaj.core.domain import Backend, Dataset, Entity, FeatureService, FeatureView, LineageEdge, Materialization
 from falaj.core.errors import BackendError, CheckDenied, ConflictError, NotFoundError, ValidationError
 from falaj.core.features import registry as reg
 from falaj.core.handlers.base import HandlerContext, Outcome, handles, typed
@@ -407,9 +408,18 @@ def _materialize(ctx: HandlerContext, p: FeatureViewMaterialize, row: FeatureVie
     if start is not None and start >= end:
         raise ValidationError(f"nothing to materialize: the window starts at {start.isoformat()}, after its end")
     # 1. the source, checked against the view
-    path = source_path(ds.uri, ctx.plane.settings.data_dir / ctx.tenant.slug, ds.digest)
-    source = read_table(path)
-    source_digest = ds.digest or file_digest(path)
+    path = source_path(ds.uri, ctx.plane.settings.data_dir / ctx.tenant.slug, None)
+    # The file's digest (checked against the registered one) is computed while DuckDB reads it: hashlib and
+    # DuckDB both work outside the GIL.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        hashing = pool.submit(file_digest, path)
+        source = read_table(path)
+        source_digest = hashing.result()
+    if ds.digest is not None and source_digest != ds.digest:
+        raise ValidationError(
+            f"the dataset's file {path.name} changed since it was registered ({ds.digest}): "
+            "register the new content as a new dataset version"
+        )
     differences = quality.check_schema(
         vdef, source.schema, _column_map(vdef, row.timestamp_field or "", row.created_timestamp_field)
     )
@@ -442,6 +452,7 @@ def _materialize(ctx: HandlerContext, p: FeatureViewMaterialize, row: FeatureVie
     written = 0
     resumed_from = 0
     rows_latest = 0
+    latest = table
     if online is not None:
         checkpoint = _checkpoint_path(ctx, row)
         state = {
@@ -478,7 +489,9 @@ def _materialize(ctx: HandlerContext, p: FeatureViewMaterialize, row: FeatureVie
             if crash_after is not None and i + 1 >= int(crash_after) and i + 1 < chunks:
                 os._exit(137)
         _after_commit(ctx, lambda: checkpoint.unlink(missing_ok=True))
-    profile = quality.profile(vdef, table)
+    # The drift reference: the values serving will see (the latest per key that went online), or the source's
+    # rows when the view has no online store.
+    profile = quality.profile(vdef, latest if online is not None else table)
     record = Materialization(
         tenant_id=ctx.tenant.id,
         feature_view_id=row.id,

@@ -13,8 +13,9 @@ worker in its own session. The handle is the run id.
 **Train.** The builtin trainers ``tabular_classifier`` and ``tabular_regressor`` fit a torch MLP on
 standardised features, deterministically from the seed; an ``entry_point`` (``"module:function"``, found
 on the backend's ``python_path`` setting) trains in its own way (``custom.py`` has its contract). Progress
-goes to ``train.log`` and ``status.json``; the model is exported with ``torch.onnx.export`` and checked
-with ONNX Runtime against torch; the artifact folder (``model.onnx``, ``model.onnx.data``,
+goes to ``train.log`` and ``status.json``; the model is exported with ``torch.export`` (saved as
+``model.pt2`` for the ``torch`` serving runtime) and translated with ``torch.onnx.export``, and both are
+checked against torch; the artifact folder (``model.onnx``, ``model.onnx.data``, ``model.pt2``,
 ``falaj-model.json``: see ``artifact.py``) appears as ``<job>/artifact`` only when everything succeeded.
 ``lineage.json`` records the seed, the trainer's code digest, the package versions and, for each input,
 its dataset, version, the SHA-256 of the file read and its row counts (with the rows consent excluded).

@@ -1,7 +1,9 @@
 """The artifact folder a job produces, and the facts about the code and packages that made it.
 
-An artifact is a folder: ``model.onnx`` (its weights may lie in the sidecar ``model.onnx.data``) and
-``falaj-model.json``, which says how to feed the model and what it answers:
+An artifact is a folder: ``model.onnx`` (its weights may lie in the sidecar ``model.onnx.data``), for the
+builtin trainers ``model.pt2`` (the same model as a ``torch.export`` program, which the ``torch`` serving
+runtime loads on a GPU or the CPU) and ``falaj-model.json``, which says how to feed the model and what it
+answers:
 
 ``format``         ``falaj-model/1``
 ``task``           ``classification``, ``regression`` or ``custom``
@@ -18,6 +20,8 @@ An artifact is a folder: ``model.onnx`` (its weights may lie in the sidecar ``mo
 ``opset``, ``frameworks``  the ONNX opset and the versions of python, torch, onnx, onnxruntime, numpy
 ``seed``, ``code_digest``, ``metrics``
 ``check``          how ONNX Runtime's answers compared with torch's at export
+``torch_program``  ``{"file": "model.pt2", "format": "torch.export", "torch": <version>, "check": {...}}``:
+                   the saved program and how its answers (loaded back) compared with torch's
 ``example``        a few synthetic input rows (never training records) and torch's outputs for them, to
                    check a runtime against
 
@@ -38,6 +42,8 @@ from falaj.plugins.local_compute.jobfiles import write_json
 
 MANIFEST = "falaj-model.json"
 MODEL_FILE = "model.onnx"
+TORCH_FILE = "model.pt2"
+TORCH_FORMAT = "torch.export"  # torch.export.save; loaded with torch.export.load
 FORMAT = "falaj-model/1"
 PACKAGES = ("numpy", "torch", "onnx", "onnxscript", "onnxruntime")
 

@@ -7,7 +7,12 @@ thread count give the same weights and metrics (and the same ONNX bytes).
 The model's graph takes raw feature values: standardisation (mean and standard deviation of the training
 rows) is its first layer, and a regressor's last layer undoes the target's standardisation. A classifier
 answers ``probabilities`` (softmax, classes in ``classes`` order); a regressor answers ``prediction``.
-The exported model is checked against torch with ONNX Runtime on up to 256 rows before it is accepted.
+
+The model is exported once with ``torch.export`` (batch dimension dynamic): that program is saved as
+``model.pt2`` (what the ``torch`` serving runtime loads, on a GPU or the CPU) and translated to
+``model.onnx`` (what the ``onnxruntime`` runtime loads). Both are checked against the eager torch model on
+up to 256 rows before the artifact is accepted: ONNX Runtime on the ONNX file, and the saved program as
+``torch.export.load`` reads it back.
 """
 
 from __future__ import annotations
@@ -127,7 +132,8 @@ def _scale(x: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], npt.NDA
 
 
 def train(table: Tabular, spec: TrainingSpec, out: Path, progress: Progress) -> Trained:
-    """Train, export to ``out`` (``model.onnx``, ``model.onnx.data``, ``falaj-model.json``) and check it."""
+    """Train, export to ``out`` (``model.onnx``, ``model.onnx.data``, ``model.pt2``, ``falaj-model.json``)
+    and check it."""
     started = time.monotonic()
     torch.manual_seed(spec.seed)
     torch.use_deterministic_algorithms(True)
@@ -245,6 +251,7 @@ def train(table: Tabular, spec: TrainingSpec, out: Path, progress: Progress) -> 
         "code_digest": artifact.sha256_file(Path(__file__)),
         "metrics": final,
         "check": check["check"],
+        "torch_program": check["torch_program"],
         "example": check["example"],
     }
     artifact.write_manifest(out, manifest)
@@ -263,9 +270,10 @@ def _number(text: str, column: str) -> float:
 
 
 def export(model: nn.Module, x: npt.NDArray[np.float64], out: Path, output_name: str) -> dict[str, Any]:
-    """Export with torch's default (dynamo) exporter, batch dimension dynamic; then compare ONNX Runtime's
-    answers with torch's on up to 256 training rows and raise a ``JobError`` when they differ beyond the
-    tolerance.
+    """Export with ``torch.export`` (batch dimension dynamic), save the program (``model.pt2``) and translate it
+    to ONNX with torch's dynamo exporter; then compare ONNX Runtime's answers, and the saved program's as
+    loaded back, with torch's on up to 256 training rows and raise a ``JobError`` when either differs beyond
+    the tolerance.
 
     The example kept in the manifest is made of synthetic rows (the training rows' mean plus seeded noise of
     their spread), never of training records: the artifact must not carry personal data.
@@ -280,38 +288,67 @@ def export(model: nn.Module, x: npt.NDArray[np.float64], out: Path, output_name:
     with torch.no_grad():
         expected = model(sample).numpy()
         example_output = model(synthetic).numpy()
+    try:
+        program = torch.export.export(model, (synthetic,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    except Exception as exc:
+        raise JobError(f"torch.export cannot export the model: {type(exc).__name__}: {exc}") from exc
+    # The saved program keeps the example inputs it was exported with: the synthetic rows, never training records.
+    torch.export.save(program, out / artifact.TORCH_FILE)
     torch.onnx.export(
-        model,
+        program,
         (synthetic,),
         str(out / artifact.MODEL_FILE),
         input_names=[INPUT],
         output_names=[output_name],
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
         dynamo=True,
         external_data=True,
         verbose=False,
     )
     session = artifact.session(out)
     checks = [(sample.numpy(), expected), (synthetic.numpy(), example_output)]
+
+    def onnx_runtime(rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        answer: npt.NDArray[np.float32] = session.run([output_name], {INPUT: rows})[0]
+        return answer
+
+    worst = _compare("ONNX Runtime", onnx_runtime, checks)
+    saved = torch.export.load(out / artifact.TORCH_FILE).module()
+
+    def torch_program(rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        with torch.inference_mode():
+            answer: npt.NDArray[np.float32] = saved(torch.from_numpy(rows)).numpy()
+        return answer
+
+    worst_program = _compare("The saved torch program", torch_program, checks)
+    rows = len(sample) + EXAMPLE_ROWS
+    return {
+        "check": {"rows": rows, "max_abs_diff": worst, "rtol": RTOL, "atol": ATOL, "runtime": "onnxruntime"},
+        "torch_program": {
+            "file": artifact.TORCH_FILE,
+            "format": artifact.TORCH_FORMAT,
+            "torch": torch.__version__,
+            "check": {"rows": rows, "max_abs_diff": worst_program, "rtol": RTOL, "atol": ATOL},
+        },
+        "example": {INPUT: synthetic.tolist(), output_name: example_output.tolist()},
+    }
+
+
+def _compare(
+    who: str,
+    run: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]],
+    checks: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]],
+) -> float:
+    """The largest difference between ``run``'s answers and torch's; a ``JobError`` past the tolerance."""
     worst = 0.0
     for rows, want in checks:
-        got = session.run([output_name], {INPUT: rows})[0]
+        got = run(rows)
         if got.shape != want.shape:
-            raise JobError(f"ONNX Runtime answers shape {got.shape} where torch answers {want.shape}: export refused")
+            raise JobError(f"{who} answers shape {got.shape} where torch answers {want.shape}: export refused")
         diff = float(np.max(np.abs(got - want))) if want.size else 0.0
         worst = max(worst, diff)
         if not np.allclose(got, want, rtol=RTOL, atol=ATOL):
             raise JobError(
-                f"ONNX Runtime's outputs differ from torch's by up to {diff:.3g} (tolerance {ATOL} + {RTOL} x "
+                f"{who}'s outputs differ from torch's by up to {diff:.3g} (tolerance {ATOL} + {RTOL} x "
                 "|torch|): the export is refused"
             )
-    return {
-        "check": {
-            "rows": len(sample) + EXAMPLE_ROWS,
-            "max_abs_diff": worst,
-            "rtol": RTOL,
-            "atol": ATOL,
-            "runtime": "onnxruntime",
-        },
-        "example": {INPUT: synthetic.tolist(), output_name: example_output.tolist()},
-    }
+    return worst

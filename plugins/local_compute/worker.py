@@ -8,8 +8,9 @@ Two processes per job, so that a job's end is always recorded, whatever the trai
   artifact to ``<job>/artifact`` and records ``succeeded`` only when the trainer exited 0 with a result;
   anything else is ``failed`` with the reason and the last log lines, and leaves no artifact;
 - the **trainer** (``worker --train <job folder>``) reads the inputs, trains (the builtin torch MLP or an
-  entry point), exports and checks the ONNX model into ``staging/artifact``, writes ``lineage.json``,
-  updates ``status.json`` every epoch and exits; it exits at once if its supervisor dies.
+  entry point), exports and checks the model (ONNX, and for the builtin trainers also the torch program)
+  into ``staging/artifact``, writes ``lineage.json``, updates ``status.json`` every epoch and exits; it
+  exits at once if its supervisor dies.
 
 Only the trainer imports numpy, torch, onnx and onnxruntime.
 """

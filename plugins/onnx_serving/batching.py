@@ -1,4 +1,4 @@
-"""Dynamic batching: requests for one variant are merged into one ``session.run`` and split back.
+"""Dynamic batching: requests for one variant are merged into one model run and split back.
 
 A batch closes when ``max_batch_size`` rows are queued or when the oldest queued request has waited
 ``max_queue_delay`` (the delay counts from that request's arrival, so requests that queued while the
@@ -12,7 +12,8 @@ several requests fails anyway (a data-dependent error inside the model), each re
 and only the failing one gets the error.
 
 Small models run on the event loop itself (a thread hop costs more than the run: ~50 us against ~12 us for
-a 30x64x2 MLP at 32 rows); slower ones run in a thread, which ONNX Runtime lets run without the GIL.
+a 30x64x2 MLP at 32 rows); slower ones run in a thread, where ONNX Runtime (and torch, inside its operators)
+runs without the GIL.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Overloaded(Exception):
 
 
 class InferenceFailed(Exception):
-    """ONNX Runtime raised while running a request; answered 500 with the reason."""
+    """The model raised while running a request; answered 500 with the reason."""
 
 
 @dataclass(slots=True)

@@ -1,8 +1,13 @@
-"""Loading a verified ONNX model into an ONNX Runtime session (only inside the data-plane process).
+"""Loading a verified model into an executor (only inside the data-plane process).
 
-Session options are chosen for small models on CPU nodes: ``intra_op_num_threads`` from the settings,
-one inter-op thread, sequential execution, every graph optimisation, and no spinning (idle threads sleep
-instead of burning a core waiting for work, which matters on 2-core business nodes).
+Two executors answer the same ``run(feeds) -> outputs`` call, so batching, routing, the protocol and the
+metrics are the same for both: ``onnxruntime`` (an ONNX Runtime session on the artifact's ``.onnx`` file)
+and ``torch`` (the artifact's torch program, see ``torch_model.py``; torch is imported only when a
+deployment uses it).
+
+ONNX Runtime session options are chosen for small models on CPU nodes: ``intra_op_num_threads`` from the
+settings, one inter-op thread, sequential execution, every graph optimisation, and no spinning (idle
+threads sleep instead of burning a core waiting for work, which matters on 2-core business nodes).
 
 At load the model is probed with zeros: it batches if every input's first dimension is dynamic and every
 output's first dimension follows it; the median time of a full batch decides whether batches run on the
@@ -13,10 +18,10 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,29 +29,72 @@ from falaj.plugins.onnx_serving.protocol import DTYPES, ONNX_TYPES, TensorSpec
 from falaj.plugins.onnx_serving.settings import ServingSettings
 
 PLATFORM = "onnxruntime_onnx"
+EXECUTORS = ("onnxruntime", "torch")
+
+Feeds = dict[str, np.ndarray[Any, Any]]
+Outputs = list[np.ndarray[Any, Any]]
 
 
 class ModelLoadError(Exception):
-    """The artifact holds no loadable ONNX model; the message says why."""
+    """The artifact holds no model the executor can load; the message says why."""
+
+
+class Executor(Protocol):
+    """What runs a model: feeds by input name in, one array per output (in ``outputs`` order) out."""
+
+    @property
+    def platform(self) -> str:
+        """The V2 ``platform`` of the model metadata."""
+        ...
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """Facts shown as the model metadata's ``parameters`` (the torch device); empty for none."""
+        ...
+
+    def run(self, feeds: Feeds) -> Outputs: ...
+
+
+class OnnxExecutor:
+    """An ONNX Runtime session asked for every tensor output."""
+
+    platform = PLATFORM
+
+    def __init__(self, session: Any, output_names: Sequence[str]) -> None:
+        self.session = session  # onnxruntime.InferenceSession
+        self.parameters: dict[str, Any] = {}
+        self._names = list(output_names)
+
+    def run(self, feeds: Feeds) -> Outputs:
+        result: Outputs = self.session.run(self._names, feeds)
+        return result
 
 
 @dataclass
 class LoadedModel:
     path: Path
-    session: Any  # onnxruntime.InferenceSession
+    executor: Executor
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     batchable: bool
     run_ms: float | None  # median time of a full batch at load; None if the probe failed
     inline: bool  # run on the event loop (True) or in a thread
+    run: Callable[[Feeds], Outputs] = field(init=False, repr=False)  # the executor's, with no extra call
+
+    def __post_init__(self) -> None:
+        self.run = self.executor.run
 
     @property
     def output_names(self) -> list[str]:
         return [o.name for o in self.outputs]
 
-    def run(self, feeds: dict[str, np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
-        result: list[np.ndarray[Any, Any]] = self.session.run(self.output_names, feeds)
-        return result
+    @property
+    def platform(self) -> str:
+        return self.executor.platform
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        return self.executor.parameters
 
 
 def find_model_file(folder: Path) -> Path:
@@ -88,7 +136,7 @@ def _specs(args: Sequence[Any], what: str) -> list[TensorSpec]:
     return specs
 
 
-def _zeros(spec: TensorSpec, rows: int | None) -> np.ndarray[Any, Any]:
+def zeros(spec: TensorSpec, rows: int | None) -> np.ndarray[Any, Any]:
     shape = [d if d >= 0 else 1 for d in spec.shape]
     if rows is not None and shape:
         shape[0] = rows
@@ -99,8 +147,26 @@ def _zeros(spec: TensorSpec, rows: int | None) -> np.ndarray[Any, Any]:
     return np.zeros(shape, dtype=DTYPES[spec.datatype])
 
 
-def load_model(folder: Path, settings: ServingSettings) -> LoadedModel:
+def load_model(folder: Path, settings: ServingSettings, executor: str = "onnxruntime") -> LoadedModel:
     """Open the model of a verified artifact folder and probe how it batches and how fast it runs."""
+    if executor == "torch":
+        from falaj.plugins.onnx_serving.torch_program import find_program
+
+        found = find_program(folder)  # refused here, before torch is imported, when there is none
+        from falaj.plugins.onnx_serving import torch_model
+
+        path, inputs, outputs = found.path, found.inputs, found.outputs
+        runner = torch_model.open_program(found, settings)
+    elif executor == "onnxruntime":
+        path, runner, inputs, outputs = _open_onnx(folder, settings)
+    else:
+        raise ModelLoadError(f"unknown executor {executor!r} (known: {', '.join(EXECUTORS)})")
+    model = LoadedModel(path, runner, inputs, outputs, batchable=False, run_ms=None, inline=False)
+    _probe(model, settings)
+    return model
+
+
+def _open_onnx(folder: Path, settings: ServingSettings) -> tuple[Path, Executor, list[TensorSpec], list[TensorSpec]]:
     import onnxruntime as ort  # type: ignore[import-untyped]
 
     path = find_model_file(folder)
@@ -112,17 +178,22 @@ def load_model(folder: Path, settings: ServingSettings) -> LoadedModel:
     outputs = _specs_lenient(session.get_outputs())
     if not outputs:
         raise ModelLoadError("the model has no tensor output")
-    model = LoadedModel(path, session, inputs, outputs, batchable=False, run_ms=None, inline=False)
+    return path, OnnxExecutor(session, [o.name for o in outputs]), inputs, outputs
+
+
+def _probe(model: LoadedModel, settings: ServingSettings) -> None:
+    """Whether the model batches along the first dimension, and how long a full batch takes."""
+    inputs = model.inputs
     dynamic = bool(inputs) and all(len(s.shape) >= 1 and s.shape[0] == -1 for s in inputs)
     if dynamic:
         try:
-            probe = model.run({s.name: _zeros(s, 2) for s in inputs})
+            probe = model.run({s.name: zeros(s, 2) for s in inputs})
             model.batchable = all(o.ndim >= 1 and o.shape[0] == 2 for o in probe)
         except Exception:
             model.batchable = False
     rows = settings.max_batch_size if model.batchable else None
     try:
-        feeds = {s.name: _zeros(s, rows) for s in inputs}
+        feeds = {s.name: zeros(s, rows) for s in inputs}
         model.run(feeds)
         times = []
         for _ in range(5):
@@ -133,7 +204,6 @@ def load_model(folder: Path, settings: ServingSettings) -> LoadedModel:
         model.inline = model.run_ms < settings.inline_threshold_ms
     except Exception:
         model.run_ms, model.inline = None, False
-    return model
 
 
 def _specs_lenient(args: Sequence[Any]) -> list[TensorSpec]:

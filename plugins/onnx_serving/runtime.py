@@ -1,4 +1,9 @@
-"""The control-plane side of the ONNX Runtime serving backend: starts, watches and stops data-plane processes.
+"""The control-plane side of the serving runtimes ``onnxruntime`` and ``torch``: starts, watches and stops
+data-plane processes.
+
+Both runtimes share everything here and in the data plane but the executor the server loads the model
+with (``model.py``): ``OnnxServingRuntime`` runs the artifact's ONNX file with ONNX Runtime on the CPU,
+``TorchServingRuntime`` its torch program on a CUDA device or the CPU (the ``device`` setting).
 
 ``deploy`` validates the spec, binds the listening socket itself (so the port is known and free, with no
 race), writes the server's configuration under the backend's home, starts
@@ -9,7 +14,7 @@ after the new one is ready (unless a fixed port forces the old one to stop first
 
 Serving outlives the control plane: the processes run in their own session, and their pid, port and
 configuration are kept in ``<home>/deployments/<name>/current.json``, so a restarted control plane still
-answers ``status`` and can ``undeploy``. This module imports neither onnxruntime nor numpy.
+answers ``status`` and can ``undeploy``. This module imports neither onnxruntime, torch nor numpy.
 """
 
 from __future__ import annotations
@@ -101,11 +106,20 @@ def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 class OnnxServingRuntime(ServingRuntime):
     """Serves deployments with ONNX Runtime, one data-plane process (group) per deployment."""
 
+    #: The data plane's executor (``model.EXECUTORS``), the package it needs, and the settings that belong
+    #: to the other runtime (refused here with the reason rather than silently ignored).
+    EXECUTOR = "onnxruntime"
+    PACKAGE = "onnxruntime"
+    FOREIGN_SETTINGS: Mapping[str, str] = {
+        "device": "the torch runtime's; ONNX Runtime runs where its 'providers' say",
+    }
+
     def __init__(self, config: BackendConfig) -> None:
-        if importlib.util.find_spec("onnxruntime") is None:
-            raise ValueError("the onnxruntime serving runtime needs the 'onnxruntime' package on this node")
+        if importlib.util.find_spec(self.PACKAGE) is None:
+            raise ValueError(f"the {self.EXECUTOR} serving runtime needs the {self.PACKAGE!r} package on this node")
         self.config = config
         try:
+            self._refuse_foreign(config.settings)
             self.defaults = ServingSettings.from_mapping(config.settings)
         except SpecError as exc:
             raise ValueError(f"backend settings: {exc}") from exc
@@ -118,6 +132,8 @@ class OnnxServingRuntime(ServingRuntime):
     # -- the ServingRuntime interface ----------------------------------------------------------------------
     def deploy(self, deployment: Mapping[str, Any]) -> str:
         try:
+            if isinstance(deployment, Mapping):
+                self._refuse_foreign(deployment.get("settings"))
             spec = DeploymentSpec.parse(deployment, self.defaults)
         except SpecError as exc:
             raise ValidationError(f"deployment spec: {exc}") from exc
@@ -189,6 +205,12 @@ class OnnxServingRuntime(ServingRuntime):
             self.undeploy(name)
 
     # -- internals ------------------------------------------------------------------------------------------
+    def _refuse_foreign(self, settings: Any) -> None:
+        if isinstance(settings, Mapping):
+            for key, why in self.FOREIGN_SETTINGS.items():
+                if key in settings:
+                    raise SpecError(f"setting {key!r} does not apply to the {self.EXECUTOR} runtime: it is {why}")
+
     def _lock(self, name: str) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(name, threading.Lock())
@@ -245,6 +267,7 @@ class OnnxServingRuntime(ServingRuntime):
             "run_dir": str(run_dir),
             "fd": sock.fileno(),
             "parent_pid": os.getpid(),
+            "executor": self.EXECUTOR,
         }
         config_path = run_dir / "config.json"
         fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -366,3 +389,19 @@ class OnnxServingRuntime(ServingRuntime):
         generations = sorted((p for p in folder.iterdir() if p.is_dir() and p != keep), reverse=True)
         for old in generations[KEEP_GENERATIONS - 1 :]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+class TorchServingRuntime(OnnxServingRuntime):
+    """Serves deployments with torch: the artifact's torch program on a GPU, or on the CPU where there is none.
+
+    The data plane, protocol, batching, routing, verification and metrics are the ONNX runtime's; only the
+    executor differs (``torch_model.py``). The ``device`` setting (``auto``, ``cpu``, ``cuda``, ``cuda:N``)
+    is checked here for its form and on the node, when the server loads the model, for CUDA being there:
+    a deploy asking for a CUDA device the node lacks fails with the reason.
+    """
+
+    EXECUTOR = "torch"
+    PACKAGE = "torch"
+    FOREIGN_SETTINGS: Mapping[str, str] = {
+        "providers": "the onnxruntime runtime's (ONNX Runtime execution providers); torch runs where 'device' says",
+    }

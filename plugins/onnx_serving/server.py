@@ -1,6 +1,8 @@
 """The data-plane server: one deployment's variants behind the Open Inference Protocol (V2) over REST.
 
 Run by the runtime as ``python -m falaj.plugins.onnx_serving.server --config FILE`` in its own process.
+The configuration names the executor (``onnxruntime`` or ``torch``, see ``model.py``): everything but
+loading and running the model is the same for both.
 Before it loads anything it verifies every variant (``verify.py``: signature with a trusted key, every file
 re-hashed against the manifest while it is copied into the server's private folder); any failure is logged
 as ``refusing to start: ...``, written to ``failure.txt`` beside the configuration, and the process exits 2.
@@ -53,7 +55,7 @@ from falaj.plugins.onnx_serving.metrics import (
     prometheus_families,
     srm_check,
 )
-from falaj.plugins.onnx_serving.model import PLATFORM, LoadedModel, ModelLoadError, load_model
+from falaj.plugins.onnx_serving.model import EXECUTORS, LoadedModel, ModelLoadError, load_model
 from falaj.plugins.onnx_serving.protocol import (
     InferRequest,
     ProtocolError,
@@ -75,7 +77,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 CONFIG_ENV = "FALAJ_ONNX_SERVING_CONFIG"
-SERVER_NAME = "falaj-onnxruntime"
+SERVER_NAMES = {"onnxruntime": "falaj-onnxruntime", "torch": "falaj-torch"}
 BODY_READ_TIMEOUT_S = 30.0
 MAX_CONCURRENCY = 512
 EXTENSIONS = ["binary_tensor_data", "falaj_traffic_split", "falaj_stats"]
@@ -148,19 +150,23 @@ def verify_all(spec: DeploymentSpec, run_dir: Path) -> dict[str, str]:
     return signers
 
 
-def load_variants(spec: DeploymentSpec, run_dir: Path, signers: dict[str, str]) -> list[Variant]:
+def load_variants(
+    spec: DeploymentSpec, run_dir: Path, signers: dict[str, str], executor: str = "onnxruntime"
+) -> list[Variant]:
     variants = []
     for index, vs in enumerate(spec.variants):
         try:
-            model = load_model(variant_folder(run_dir, index, vs), spec.settings)
+            model = load_model(variant_folder(run_dir, index, vs), spec.settings, executor)
         except ModelLoadError as exc:
             raise ModelLoadError(f"variant {vs.model} version {vs.version}: {exc}") from exc
         metrics = VariantMetrics(vs.label, vs.model, str(vs.version), "shadow" if vs.shadow else "primary", vs.weight)
         variants.append(Variant(vs, model, metrics, signers.get(vs.label, "")))
         log.info(
-            "loaded %s version %s: inputs %s, outputs %s, batchable %s, full batch %s ms, runs %s",
+            "loaded %s version %s (%s%s): inputs %s, outputs %s, batchable %s, full batch %s ms, runs %s",
             vs.model,
             vs.version,
+            model.platform,
+            f" on {model.parameters['device']}" if "device" in model.parameters else "",
             [i.metadata() for i in model.inputs],
             [o.metadata() for o in model.outputs],
             model.batchable,
@@ -179,8 +185,10 @@ class ServingApp:
         run_dir: Path,
         variants: list[Variant] | None = None,
         signers: dict[str, str] | None = None,
+        executor: str = "onnxruntime",
     ) -> None:
         self.spec = spec
+        self.executor_name = executor
         self.name = spec.name
         self.run_dir = run_dir
         self.settings = spec.settings
@@ -194,15 +202,17 @@ class ServingApp:
         self._executor: ThreadPoolExecutor | None = None
         self._snapshot_task: asyncio.Task[None] | None = None
         self._meta: dict[str | None, bytes] = {}
-        self._server_meta = orjson.dumps({"name": SERVER_NAME, "version": _version(), "extensions": EXTENSIONS})
+        self._server_meta = orjson.dumps(
+            {"name": SERVER_NAMES[executor], "version": _version(), "extensions": EXTENSIONS}
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def startup(self) -> None:
         if not self.variants:
-            self.variants = load_variants(self.spec, self.run_dir, self._signers)
+            self.variants = load_variants(self.spec, self.run_dir, self._signers, self.executor_name)
         threaded = [v for v in self.variants if not v.model.inline]
         if threaded:
-            self._executor = ThreadPoolExecutor(max_workers=len(threaded), thread_name_prefix="falaj-ort")
+            self._executor = ThreadPoolExecutor(max_workers=len(threaded), thread_name_prefix="falaj-infer")
         for v in self.variants:
             v.batcher = Batcher(
                 v.model.run,
@@ -256,15 +266,16 @@ class ServingApp:
 
     def _model_metadata(self, v: Variant, all_versions: bool) -> bytes:
         versions = [x.label for x in self.variants] if all_versions else [v.label]
-        return orjson.dumps(
-            {
-                "name": self.name,
-                "versions": versions,
-                "platform": PLATFORM,
-                "inputs": [i.metadata() for i in v.model.inputs],
-                "outputs": [o.metadata() for o in v.model.outputs],
-            }
-        )
+        meta: dict[str, Any] = {
+            "name": self.name,
+            "versions": versions,
+            "platform": v.model.platform,
+            "inputs": [i.metadata() for i in v.model.inputs],
+            "outputs": [o.metadata() for o in v.model.outputs],
+        }
+        if v.model.parameters:  # the torch executor's device; nothing for ONNX Runtime
+            meta["parameters"] = v.model.parameters
+        return orjson.dumps(meta)
 
     # -- ASGI --------------------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -571,6 +582,8 @@ class ServingApp:
                 {
                     "shadow": v.shadow,
                     "signed_by": v.key_id,
+                    "platform": v.model.platform,
+                    **({"device": v.model.parameters["device"]} if "device" in v.model.parameters else {}),
                     "batchable": v.model.batchable,
                     "execution": "event-loop" if v.model.inline else "thread",
                     "full_batch_ms_at_load": None if v.model.run_ms is None else round(v.model.run_ms, 4),
@@ -662,15 +675,18 @@ def read_config(path: Path) -> tuple[DeploymentSpec, Path, dict[str, Any]]:
     raw = json.loads(path.read_text("utf-8"))
     spec = DeploymentSpec.parse(raw["deployment"])
     run_dir = Path(raw.get("run_dir") or path.parent)
+    executor = raw.setdefault("executor", "onnxruntime")
+    if executor not in EXECUTORS:
+        raise SpecError(f"unknown executor {executor!r} (known: {', '.join(EXECUTORS)})")
     return spec, run_dir, raw
 
 
 def create_worker_app() -> ServingApp:
     """The app of one worker when ``workers > 1`` (uvicorn imports it in each worker process)."""
     _configure_logging()
-    spec, run_dir, _ = read_config(Path(os.environ[CONFIG_ENV]))
+    spec, run_dir, raw = read_config(Path(os.environ[CONFIG_ENV]))
     signers = json.loads(_signers_file(run_dir).read_text("utf-8"))
-    return ServingApp(spec, run_dir, signers=signers)
+    return ServingApp(spec, run_dir, signers=signers, executor=raw["executor"])
 
 
 def _listening_socket(raw: dict[str, Any], spec: DeploymentSpec) -> socket.socket:
@@ -726,7 +742,7 @@ def serve(config_path: Path) -> int:
         _write_failure(run_dir, f"verification failed: {type(exc).__name__}: {exc}")
         return 2
     try:
-        variants = load_variants(spec, run_dir, signers)
+        variants = load_variants(spec, run_dir, signers, raw["executor"])
     except ModelLoadError as exc:
         log.error("refusing to start: %s", exc)
         _write_failure(run_dir, str(exc))
@@ -751,7 +767,7 @@ def serve(config_path: Path) -> int:
         "limit_concurrency": MAX_CONCURRENCY,
     }
     if settings.workers == 1:
-        app = ServingApp(spec, run_dir, variants, signers)
+        app = ServingApp(spec, run_dir, variants, signers, raw["executor"])
         server = uvicorn.Server(uvicorn.Config(app, **common))
         server.run(sockets=[sock])
         return 0 if server.started else 3
@@ -767,7 +783,7 @@ def serve(config_path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Falaj ONNX Runtime data plane (Open Inference Protocol V2)")
+    parser = argparse.ArgumentParser(description="Falaj serving data plane (Open Inference Protocol V2)")
     parser.add_argument("--config", required=True, type=Path, help="the JSON configuration the runtime wrote")
     args = parser.parse_args(argv)
     np.seterr(all="ignore")

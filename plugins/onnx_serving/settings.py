@@ -16,6 +16,7 @@ from typing import Any
 MANIFEST_FORMAT = "falaj-artifact/v1"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]{1,3})?)$")
 
 
 class SpecError(ValueError):
@@ -30,7 +31,7 @@ class ServingSettings:
     max_batch_size: int = 32  # rows merged into one session.run
     max_queue_delay_ms: float = 2.0  # how long the oldest queued request may wait for a batch to fill
     adaptive_delay: bool = True  # close a batch before the delay when no other request is on its way in
-    intra_op_threads: int = 1  # ONNX Runtime intra-op threads per session
+    intra_op_threads: int = 1  # intra-op threads per session (ONNX Runtime), per process (torch on CPU)
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port
     max_body_bytes: int = 8 * 1024 * 1024  # larger request bodies answer 400
@@ -40,7 +41,8 @@ class ServingSettings:
     ready_timeout_s: float = 120.0  # how long deploy waits for the server to answer ready
     stop_timeout_s: float = 10.0  # how long undeploy waits after SIGTERM before SIGKILL
     exit_with_parent: bool = False  # stop serving when the process that deployed it exits
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)  # onnxruntime only
+    device: str = "auto"  # torch only: auto (CUDA when torch sees it, else CPU), cpu, cuda or cuda:N
     access_log: bool = False
     http: str = "auto"  # uvicorn's HTTP parser: auto (httptools when installed), httptools, h11
     loop: str = "auto"  # event loop: auto (uvloop when installed), uvloop, asyncio
@@ -101,6 +103,10 @@ def _setting(key: str, value: Any) -> Any:
         if not isinstance(value, str) or not value or len(value) > 255:
             raise SpecError(f"setting 'host' must be a host name or address, not {value!r}")
         return value
+    if key == "device":
+        if not isinstance(value, str) or not _DEVICE.match(value):
+            raise SpecError(f"setting 'device' must be auto, cpu, cuda or cuda:<index>, not {value!r}")
+        return value
     if key == "providers":
         if (
             not isinstance(value, Sequence)
@@ -111,6 +117,39 @@ def _setting(key: str, value: Any) -> Any:
             raise SpecError("setting 'providers' must be a non-empty list of ONNX Runtime execution provider names")
         return tuple(value)
     raise SpecError(f"unknown setting {key!r}")  # pragma: no cover - guarded by from_mapping
+
+
+class DeviceUnavailable(ValueError):
+    """The ``device`` setting names a CUDA device this node does not have; the message says what to do."""
+
+
+def choose_device(wanted: str, cuda_available: bool, cuda_devices: int) -> tuple[str, str]:
+    """The torch device for the ``device`` setting on a node, and why: ``("cuda:0", "auto: CUDA is present")``.
+
+    ``auto`` takes the first CUDA device when there is one, else the CPU; ``cuda`` and ``cuda:N`` are refused
+    with ``DeviceUnavailable`` where torch sees no such device, never quietly moved to the CPU.
+    """
+    if not _DEVICE.match(wanted):
+        raise SpecError(f"setting 'device' must be auto, cpu, cuda or cuda:<index>, not {wanted!r}")
+    if wanted == "cpu":
+        return "cpu", "cpu as configured"
+    if wanted == "auto":
+        if cuda_available and cuda_devices > 0:
+            return "cuda:0", f"auto: torch sees {cuda_devices} CUDA device(s)"
+        return "cpu", "auto: torch sees no CUDA device on this node"
+    index = int(wanted.partition(":")[2] or 0)
+    if not cuda_available or cuda_devices < 1:
+        raise DeviceUnavailable(
+            f"setting 'device' is {wanted!r} but torch sees no CUDA device on this node "
+            "(torch.cuda.is_available() is false); use 'auto' (CUDA where present, else CPU) or 'cpu', "
+            "or deploy on a GPU node"
+        )
+    if index >= cuda_devices:
+        raise DeviceUnavailable(
+            f"setting 'device' is {wanted!r} but this node has {cuda_devices} CUDA device(s) "
+            f"(cuda:0 to cuda:{cuda_devices - 1})"
+        )
+    return f"cuda:{index}", f"{wanted} as configured"
 
 
 @dataclass(frozen=True, slots=True)
