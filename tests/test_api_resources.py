@@ -305,3 +305,96 @@ def test_cli_report_export_and_verify(srv, acme, tmp_path: Path):
     out.write_bytes(out.read_bytes().replace(b"%PDF", b"%PDX", 1))
     bad = subprocess.run(verify, env=srv.env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "NOT VERIFIED" in bad.stdout
+
+
+# -- the feature store over REST ---------------------------------------------------------------------------
+def test_feature_store_over_rest(srv, acme):
+    slug, admin, eng = acme
+    h, he = auth(admin), auth(eng)
+    c = srv.client
+    for name, plugin in (("offline", "parquet-offline"), ("online", "sqlite-online")):
+        r = c.post(
+            f"/api/v1/tenants/{slug}/backends",
+            headers=h,
+            json={"name": name, "kind": "feature_store", "plugin": plugin, "region": "me-central-1"},
+        )
+        assert r.status_code == 201, r.text
+    folder = srv.home / "data" / slug
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["store_id,event_timestamp,sales,open"]
+    for s in range(5):
+        for day in (1, 2):
+            rows.append(f"{s},2026-11-0{day}T00:00:00+00:00,{s * 100 + day},true")
+    (folder / "stores.csv").write_text("\n".join(rows) + "\n")
+    r = c.post(
+        f"/api/v1/tenants/{slug}/datasets",
+        headers=he,
+        json={
+            "name": "stores",
+            "classification": "internal",
+            "residency": "AE",
+            "uri": (folder / "stores.csv").as_uri(),
+        },
+    )
+    assert r.status_code == 201, r.text
+    r = c.post(
+        f"/api/v1/tenants/{slug}/entities",
+        headers=he,
+        json={"name": "store", "join_keys": [{"name": "store_id", "dtype": "int64"}]},
+    )
+    assert r.status_code == 201, r.text
+    view = {
+        "name": "store_sales",
+        "entities": ["store"],
+        "features": [{"name": "sales", "dtype": "float64"}, {"name": "open", "dtype": "bool"}],
+        "source_dataset": "stores",
+        "offline_store": "offline",
+        "online_store": "online",
+        "expectations": [{"type": "range", "column": "sales", "min": 0}],
+    }
+    r = c.post(f"/api/v1/tenants/{slug}/feature-views", headers=he, json=view)
+    assert r.status_code == 201 and r.json()["data"]["version"] == 1, r.text
+    # A bad definition is a 422 naming the problem; an unknown store a 404.
+    r = c.post(f"/api/v1/tenants/{slug}/feature-views", headers=he, json={**view, "features": []})
+    assert r.status_code == 422 and "features" in r.json()["detail"], r.text
+    r = c.post(f"/api/v1/tenants/{slug}/feature-views", headers=he, json={**view, "online_store": "nope"})
+    assert r.status_code == 404, r.text
+    r = c.post(f"/api/v1/tenants/{slug}/feature-views/materialize", headers=he, json={"name": "store_sales"})
+    assert r.status_code == 200 and r.json()["data"]["entities_written"] == 5, r.text
+    r = c.post(
+        f"/api/v1/tenants/{slug}/features/online",
+        headers=he,
+        json={
+            "purpose": "feature-serving",
+            "features": ["store_sales:sales"],
+            "entities": [{"store_id": 3}, {"store_id": 99}, {"store_id": "3"}],
+        },
+    )
+    assert r.status_code == 200, r.text
+    got = r.json()["results"]
+    assert got[0]["values"] == {"sales": 302.0} and got[0]["status"]["store_sales"]["status"] == "present"
+    assert [g["status"]["store_sales"]["status"] for g in got[1:]] == ["not_found", "invalid_key"]
+    r = c.post(
+        f"/api/v1/tenants/{slug}/features/online",
+        headers=he,
+        json={"purpose": "feature-serving", "entities": [{"store_id": 3}]},
+    )
+    assert r.status_code == 400 and "feature_service" in r.json()["detail"], r.text
+    r = c.post(
+        f"/api/v1/tenants/{slug}/features/historical",
+        headers=he,
+        json={
+            "purpose": "analytics",
+            "features": ["store_sales"],
+            "entity_rows": [{"store_id": 1, "event_timestamp": "2026-11-01T12:00:00"}],
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["data"] == [
+        {"store_id": 1, "event_timestamp": "2026-11-01T12:00:00+00:00", "sales": 101.0, "open": True}
+    ]
+    r = c.get(f"/api/v1/tenants/{slug}/materializations", headers=he)
+    assert r.status_code == 200 and r.json()["items"][0]["profile"]["features"]["sales"]["count"] == 5, r.text
+    r = c.get(f"/api/v1/tenants/{slug}/features/lineage-events", headers=he)
+    assert r.status_code == 200
+    assert {e["eventType"] for e in r.json()} >= {"START", "COMPLETE"}

@@ -188,3 +188,81 @@ def test_demo_runs_the_whole_journey(tmp_path):
     ):
         assert fragment in out, fragment
     assert "skipped" not in out
+
+
+def test_features_commands_apply_materialize_push_and_read(installed, tmp_path):
+    """`falaj features`: a TOML definitions file applied (then re-applied: unchanged), materialized, pushed to,
+    read online and historically; a bad definition stops with its reason."""
+    pytest.importorskip("duckdb", reason="the feature store needs the 'features' extra")
+    home, token = installed
+    for name, plugin in (("offline", "parquet-offline"), ("online", "sqlite-online")):
+        body = json.dumps({"name": name, "kind": "feature_store", "plugin": plugin, "region": "me-central-1"})
+        run(["do", "backend.register", "--tenant", "acme", "--payload", body], home, token=token, check=True)
+    run(
+        ["do", "principal.create", "--tenant", "acme", "--payload", '{"name": "eng", "roles": ["ml-engineer"]}'],
+        home,
+        token=token,
+        check=True,
+    )
+    issued = run(["do", "token.issue", "--tenant", "acme", "--payload", '{"principal": "eng"}'], home, token=token)
+    eng = issued.stdout.strip().splitlines()[-1]
+    data = home / "data" / "acme"
+    data.mkdir(parents=True)
+    (data / "rates.csv").write_text("pair,event_timestamp,rate\nAEDUSD,2026-11-01T00:00:00Z,0.2723\n")
+    body = json.dumps(
+        {"name": "rates", "classification": "public", "residency": "AE", "uri": (data / "rates.csv").as_uri()}
+    )
+    run(["do", "dataset.register", "--tenant", "acme", "--payload", body], home, token=eng, check=True)
+    defs = tmp_path / "defs.toml"
+    defs.write_text(
+        """
+[[entities]]
+name = "pair"
+join_keys = [{ name = "pair", dtype = "string" }]
+
+[[feature_views]]
+name = "fx"
+entities = ["pair"]
+features = [{ name = "rate", dtype = "float64" }]
+source_dataset = "rates"
+offline_store = "offline"
+online_store = "online"
+
+[[feature_services]]
+name = "pricing"
+features = ["fx:rate"]
+"""
+    )
+    first = run(["features", "apply", str(defs), "--tenant", "acme"], home, token=eng, check=True)
+    assert "fx v1 (changed)" in first.stdout and "pricing v1 (changed)" in first.stdout
+    again = run(["features", "apply", str(defs), "--tenant", "acme"], home, token=eng, check=True)
+    assert "fx v1 (unchanged)" in again.stdout
+    out = run(["features", "materialize", "fx", "--tenant", "acme", "--json"], home, token=eng, check=True)
+    assert json.loads(out.stdout)["data"]["entities_written"] == 1
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        json.dumps({"event_id": "q1", "pair": "AEDUSD", "event_ts": "2026-11-02T00:00:00Z", "rate": 0.2724}) + "\n"
+    )
+    pushed = run(["features", "push", "fx", str(rows), "--tenant", "acme", "--json"], home, token=eng, check=True)
+    assert json.loads(pushed.stdout)["data"]["written"] == 1
+    online = run(
+        ["features", "online", "--tenant", "acme", "--service", "pricing", "--entities", '[{"pair": "AEDUSD"}]'],
+        home,
+        token=eng,
+        check=True,
+    )
+    assert '"rate": 0.2724' in online.stdout
+    hist = run(
+        [
+            "features", "historical", "--tenant", "acme", "--service", "pricing", "--purpose", "analytics",
+            "--entities", '[{"pair": "AEDUSD", "event_timestamp": "2026-11-01T12:00:00Z"}]', "--json",
+        ],
+        home,
+        token=eng,
+        check=True,
+    )  # fmt: skip
+    assert json.loads(hist.stdout)["data"]["data"][0]["rate"] == 0.2723
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[feature_views]]\nname = "broken"\nentities = ["pair"]\nfeatures = []\nsource_dataset = "rates"\n')
+    refused = run(["features", "apply", str(bad), "--tenant", "acme"], home, token=eng)
+    assert refused.returncode == 1 and "broken" in refused.stdout

@@ -219,6 +219,11 @@ def test_incremental_materialization_is_idempotent(fs: World) -> None:
     )
     assert more.ok and more.data["window"]["start"] == T0.replace(day=2).isoformat()
     assert more.data["entities_written"] == 18
+    # The first materialization's profile is the reference the next one's drift is measured against.
+    assert first.data["drift"] == {}
+    assert set(more.data["drift"]) == {"amount", "txn_count", "segment"}
+    assert set(more.data["drift"].values()) <= {"none", "moderate", "significant", "unknown"}
+    assert more.data["drift"]["txn_count"] == "significant"  # every key went from 1 to 3 transactions
     assert _online(fs, [{"customer_id": "c02"}], features=["customer_stats:amount"])["results"][0]["values"] == {
         "amount": 22.0
     }
@@ -256,6 +261,8 @@ def test_historical_retrieval_is_point_in_time_correct_and_consent_filtered(fs: 
 
 
 def test_on_demand_view_computes_the_same_online_and_offline(fs: World) -> None:
+    """No training/serving skew: the on-demand outputs a model trains on (historical) are the ones it is served."""
+    assert fs.act("feature_view.apply", {**VIEW, "ttl_seconds": None}, as_="eng").ok
     assert fs.act("feature_view.materialize", {"name": "customer_stats", "mode": "full"}, as_="svc").ok
     r = fs.act(
         "feature_view.apply",
@@ -266,41 +273,41 @@ def test_on_demand_view_computes_the_same_online_and_offline(fs: World) -> None:
             "outputs": [
                 {"name": "amount_per_txn", "dtype": "float64", "expr": "amount / txn_count"},
                 {"name": "basket_share", "dtype": "float64", "expr": "basket / (amount + 1)"},
+                {"name": "big", "dtype": "bool", "expr": "amount > 100"},
             ],
         },
         as_="eng",
     )
     assert r.ok, r.message()
     ids = [f"c{c:02d}" for c in range(20) if c not in (3, 7)]
+    baskets = [0.5 + 3.7 * i for i in range(len(ids))]
     now = datetime.now(UTC).isoformat()
     offline = fs.act(
         "feature.retrieve",
         {
             "purpose": "feature-serving",
             "features": ["customer_ratios"],
-            "entity_rows": [{"customer_id": c, "event_timestamp": now, "basket": 5.0} for c in ids],
+            "entity_rows": [
+                {"customer_id": c, "event_timestamp": now, "basket": b} for c, b in zip(ids, baskets, strict=True)
+            ],
         },
         as_="eng",
     )
     assert offline.ok, offline.message()
-    # The stored values are older than the TTL at "now": both paths see nulls there; use a time inside it.
-    inside = (T0 + timedelta(days=2, hours=1)).isoformat()
-    offline = fs.act(
-        "feature.retrieve",
-        {
-            "purpose": "feature-serving",
-            "features": ["customer_ratios"],
-            "entity_rows": [{"customer_id": c, "event_timestamp": inside, "basket": 5.0} for c in ids],
-        },
-        as_="eng",
+    online = _online(
+        fs,
+        [{"customer_id": c, "basket": b} for c, b in zip(ids, baskets, strict=True)],
+        features=["customer_ratios"],
     )
-    online = _online(fs, [{"customer_id": c, "basket": 5.0} for c in ids], features=["customer_ratios"])
-    offline_values = [{k: d[k] for k in ("amount_per_txn", "basket_share")} for d in offline.data["data"]]
-    assert all(v["amount_per_txn"] is not None for v in offline_values)
-    # Online, the stored rows are expired (TTL) so the on-demand view reports it; the computation itself is
-    # the same function: compare on rows the online store still serves as present by re-reading without TTL.
-    statuses = {r["status"]["customer_ratios"]["status"] for r in online["results"]}
-    assert statuses <= {"computed", "computed_from_expired"}
+    assert {r["status"]["customer_ratios"]["status"] for r in online["results"]} == {"computed"}
+    names = ("amount_per_txn", "basket_share", "big")
+    served = [tuple(r["values"][n] for n in names) for r in online["results"]]
+    trained = [tuple(d[n] for n in names) for d in offline.data["data"]]
+    assert served == trained  # bit for bit
+    assert served[1] == (4.0, baskets[1] / 13.0, False)  # c01 at day 2: amount 12, 3 transactions
+    # A request field missing online is a per-row status, not an error for the batch.
+    missing = _online(fs, [{"customer_id": "c01"}], features=["customer_ratios"])["results"][0]
+    assert missing["status"]["customer_ratios"]["status"] == "missing_request_field"
 
 
 def test_push_is_idempotent_by_event_id_and_bad_rows_are_refused(fs: World) -> None:
@@ -513,3 +520,48 @@ def test_a_materialization_killed_midway_is_resumed_by_the_next(fs: World, tmp_p
     answers = _online(fs, [{"customer_id": f"c{c:02d}"} for c in range(20) if c not in (3, 7)])["results"]
     assert all(r["status"]["customer_stats"]["status"] == "present" for r in answers)
     assert not list((fs.settings.home / "materializations").rglob("*.json"))  # the checkpoint is gone
+
+
+def test_the_redis_online_store_serves_and_erases_through_the_control_plane(fs: World) -> None:
+    """The same governed flow with the Redis plugin as the online store (the server on loopback)."""
+    import secrets
+
+    from tests.test_feature_online import REDIS_URL, _redis_problem
+
+    if problem := _redis_problem():
+        pytest.skip(problem)
+    prefix = f"falajtest{secrets.token_hex(4)}"
+    r = fs.act(
+        "backend.register",
+        {
+            "name": "redis",
+            "kind": "feature_store",
+            "plugin": "redis-online",
+            "region": REGION,
+            "settings": {"url": REDIS_URL, "key_prefix": prefix},
+        },
+    )
+    assert r.ok, r.message()
+    try:
+        view = {**VIEW, "name": "customer_stats_fast", "online_store": "redis", "ttl_seconds": None}
+        assert fs.act("feature_view.apply", view, as_="eng").ok
+        done = fs.act("feature_view.materialize", {"name": "customer_stats_fast", "mode": "full"}, as_="svc")
+        assert done.ok and done.data["entities_written"] == 18, done.message()
+        answer = _online(fs, [{"customer_id": "c06"}, {"customer_id": "c07"}], features=["customer_stats_fast"])
+        assert answer["results"][0]["values"] == {"amount": 62.0, "txn_count": 3, "segment": "gold"}
+        assert answer["results"][1]["status"]["customer_stats_fast"]["status"] == "not_found"  # no consent
+        request = fs.act("erasure.request", {"subject_id": "c06"}, as_="dpo")
+        done = fs.act("erasure.execute", {"request_id": request.data["request_id"]}, as_="dpo")
+        assert done.ok, done.message()
+        redis_report = next(s for s in done.data["feature_stores"] if s["backend"] == "redis")
+        assert redis_report["rows_removed"] == 1 and redis_report["verified"]
+        answer = _online(fs, [{"customer_id": "c06"}], features=["customer_stats_fast"])
+        assert answer["results"][0]["status"]["customer_stats_fast"]["status"] == "not_found"
+    finally:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()

@@ -346,7 +346,7 @@ def test_report_holds_what_was_done(flow: Flow, report: ComplianceReport) -> Non
     assert audit.tenant_events_in_period >= 30
     assert audit.first_seq_in_period is not None and audit.last_seq_in_period is not None
 
-    assert len(report.controls) == len(CONTROLS) == 15
+    assert len(report.controls) == len(CONTROLS) == 19
     fields = set(ComplianceReport.model_fields)
     assert all(c.evidence_section in fields for c in report.controls)
     erasure_control = next(c for c in report.controls if c.control == "Erasure")
@@ -440,7 +440,7 @@ def test_csv_zip_has_every_table_with_its_rows(report: ComplianceReport) -> None
         "approval_votes.csv": 2,
         "denied_actions.csv": 2,
         "denied_actions_by_kind.csv": 2,
-        "controls.csv": 15,
+        "controls.csv": 19,
     }
     for name, count in expected.items():
         assert len(rows(name)) == count == tables[name]["rows"], name

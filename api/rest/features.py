@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 from litestar import Request, get, post
-from litestar.params import FromPath, Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 from pydantic import BaseModel, ConfigDict, Field
 
 from falaj.api.rest.models import errors
@@ -45,7 +45,9 @@ class OnlineRequest(BaseModel):
     status_code=200,
     responses=errors(400, 401, 403, 404, 422),
 )
-async def read_online(request: Request[Any, Any, Any], tenant: FromPath[str], data: OnlineRequest) -> dict[str, Any]:
+async def read_online(
+    request: Request[Any, Any, Any], tenant: FromPath[str], data: JSONBody[OnlineRequest]
+) -> dict[str, Any]:
     plane = request.app.state.plane
 
     def run() -> dict[str, Any]:

@@ -491,7 +491,27 @@ def _materialize(ctx: HandlerContext, p: FeatureViewMaterialize, row: FeatureVie
         _after_commit(ctx, lambda: checkpoint.unlink(missing_ok=True))
     # The drift reference: the values serving will see (the latest per key that went online), or the source's
     # rows when the view has no online store.
-    profile = quality.profile(vdef, latest if online is not None else table)
+    # Drift against the previous materialization of this view (any version): its profile is the reference.
+    previous = ctx.session.scalar(
+        select(Materialization)
+        .join(FeatureView, FeatureView.id == Materialization.feature_view_id)
+        .where(
+            FeatureView.tenant_id == ctx.tenant.id,
+            FeatureView.name == row.name,
+            Materialization.status == "succeeded",
+        )
+        .order_by(Materialization.created_at.desc())
+        .limit(1)
+    )
+    reference = previous.profile if previous is not None and previous.profile else None
+    profile = quality.profile(vdef, latest if online is not None else table, reference=reference)
+    drift: dict[str, Any] = {}
+    if reference is not None:
+        try:
+            drift = quality.drift(reference, profile)
+        except (KeyError, ValueError, TypeError):  # a reference from a different view layout
+            drift = {}
+        profile = {**profile, "drift": {"reference": previous.id if previous else None, "features": drift}}
     record = Materialization(
         tenant_id=ctx.tenant.id,
         feature_view_id=row.id,
@@ -524,6 +544,7 @@ def _materialize(ctx: HandlerContext, p: FeatureViewMaterialize, row: FeatureVie
             "entities_written": written,
             "excluded_subjects": excluded,
             "resumed_from_chunk": resumed_from,
+            "drift": {name: d.get("severity") for name, d in drift.items()},
         }
     )
 

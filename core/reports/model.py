@@ -453,9 +453,46 @@ CONTROLS: tuple[dict[str, Any], ...] = (
     {
         "control": "Erasure",
         "articles": ["PDPL Art. 15 (correction or erasure)"],
-        "measure": "the subject is removed from every dataset file and feature store, verified, models trained on "
-        "their data flagged, their consent records deleted",
+        "measure": "the subject is removed from every dataset file and from every feature store (offline history "
+        "and online stores), each store then reports no row of the subject left; models trained on their data "
+        "flagged, their consent records deleted",
         "evidence_section": "erasure",
+        "status": "in place",
+    },
+    {
+        "control": "Consent on every feature read and write",
+        "articles": ["PDPL Art. 6 (conditions for consent)", "PDPL Art. 5 (processing controls: specific purpose)"],
+        "measure": "materializations, pushes and stream messages carry only subjects with valid consent for "
+        "feature-serving; historical retrieval for a purpose returns only consenting subjects; online reads check "
+        "consent per subject at read time",
+        "evidence_section": "consent",
+        "status": "in place",
+    },
+    {
+        "control": "Residency of feature data",
+        "articles": [
+            "PDPL Art. 22 (transfer with adequate protection)",
+            "PDPL Art. 23 (transfer otherwise: contract, express consent)",
+        ],
+        "measure": "feature views inherit classification and residency from their sources; their stores' region is "
+        "checked at definition, materialization, push and retrieval",
+        "evidence_section": "cross_border_transfers",
+        "status": "in place",
+    },
+    {
+        "control": "Data quality and accuracy of features",
+        "articles": ["PDPL Art. 5 (processing controls: accurate, kept up to date)"],
+        "measure": "expectations per feature view; a failing one, or a source whose schema changed, denies the "
+        "materialization naming each failure; each materialization keeps a statistics profile as drift reference",
+        "evidence_section": "denied_actions",
+        "status": "in place",
+    },
+    {
+        "control": "Lineage of features",
+        "articles": [_ART7],
+        "measure": "lineage edges dataset -> feature view -> training run; OpenLineage run events for every "
+        "materialization and retrieval",
+        "evidence_section": "processing_inventory",
         "status": "in place",
     },
     {
