@@ -586,6 +586,15 @@ def test_automated_decisions_need_a_human_review_contact_and_accept_objections(l
         as_="dpo",
     )
     assert objection.ok and objection.data["human_review_contact"] == "review@bank.ae"
+    # Erasing the subject keeps the objection (the record that a decision was contested) but not their id.
+    request = w.act("erasure.request", {"subject_id": "C001"}, as_="dpo")
+    done = w.act("erasure.execute", {"request_id": request.data["request_id"]}, as_="dpo")
+    assert done.ok and done.data["objections_pseudonymised"] == 1
+    from falaj.core.datasets import subject_hash
+    from falaj.core.domain import Objection
+
+    with w.plane.sessions() as s:
+        assert s.scalars(select(Objection.subject_id)).all() == [subject_hash("C001")]
 
 
 def test_rollout_reruns_as_the_requester_principal(lifecycle, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from falaj.core.actions import (
     ActionKind,
@@ -249,6 +249,12 @@ def execute_erasure(ctx: HandlerContext) -> Outcome:
     ctx.session.execute(
         delete(ConsentRecord).where(ConsentRecord.tenant_id == ctx.tenant.id, ConsentRecord.subject_id == subject)
     )
+    # Objections stay (they are the record that a decision was contested), naming the subject by a hash.
+    objections = ctx.session.execute(
+        update(Objection)
+        .where(Objection.tenant_id == ctx.tenant.id, Objection.subject_id == subject)
+        .values(subject_id=subject_hash(subject))
+    ).rowcount
     request.status = "completed"
     request.completed_at = datetime.now(UTC)
     request.subject_id = subject_hash(subject)
@@ -258,6 +264,7 @@ def execute_erasure(ctx: HandlerContext) -> Outcome:
         "training_views": erased_views,
         "verified": True,
         "flagged_model_versions": flagged,
+        "objections_pseudonymised": objections,
     }
     request.verification = report
     return Outcome({"request_id": request.id, "status": "completed", **report})
