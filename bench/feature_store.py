@@ -737,7 +737,7 @@ def main() -> None:
             print("Feast side:", ", ".join(f"{k} {v}" for k, v in versions.items()))
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2, default=str))
+            args.json.write_text(json.dumps(results, indent=2, default=str))
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
