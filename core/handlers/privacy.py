@@ -250,11 +250,14 @@ def execute_erasure(ctx: HandlerContext) -> Outcome:
         delete(ConsentRecord).where(ConsentRecord.tenant_id == ctx.tenant.id, ConsentRecord.subject_id == subject)
     )
     # Objections stay (they are the record that a decision was contested), naming the subject by a hash.
-    objections = ctx.session.execute(
-        update(Objection)
-        .where(Objection.tenant_id == ctx.tenant.id, Objection.subject_id == subject)
-        .values(subject_id=subject_hash(subject))
-    ).rowcount
+    objections = len(
+        ctx.session.scalars(
+            update(Objection)
+            .where(Objection.tenant_id == ctx.tenant.id, Objection.subject_id == subject)
+            .values(subject_id=subject_hash(subject))
+            .returning(Objection.id)
+        ).all()
+    )
     request.status = "completed"
     request.completed_at = datetime.now(UTC)
     request.subject_id = subject_hash(subject)
