@@ -24,6 +24,10 @@ from tests.test_nats_stream import Names, acked_all, make_streams, names, publis
 
 pytest.importorskip("duckdb", reason="the feature store needs the 'features' extra")
 
+#: Rows in the stream: in batches of 10, each an audited action, the first consumer needs seconds for them, so
+#: it is surely killed mid-stream (after 100 rows).
+TOTAL = 900
+
 
 @pytest.fixture
 def world_sqlite(tmp_path: Path) -> Iterator[World]:
@@ -90,7 +94,7 @@ def test_a_killed_stream_consumer_loses_nothing_and_duplicates_nothing(world_sql
             "txn_count": i % 50,
             "segment": "gold",
         }
-        for i in range(600)
+        for i in range(TOTAL)
     ]
     bad: list[bytes] = [
         b"{not json",
@@ -108,7 +112,7 @@ def test_a_killed_stream_consumer_loses_nothing_and_duplicates_nothing(world_sql
     command = [
         sys.executable, "-m", "falaj.api.cli", "features", "stream", "customer_stats", "--tenant", "operator",
         "--source", "nats", "--stream", names.stream, "--subject", names.subject, "--durable", names.consumer,
-        "--dead-letter", names.dead_subject, "--batch", "25",
+        "--dead-letter", names.dead_subject, "--batch", "10",
     ]  # fmt: skip
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -117,17 +121,17 @@ def test_a_killed_stream_consumer_loses_nothing_and_duplicates_nothing(world_sql
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
     written_before = _pushed(w).num_rows
-    assert 100 <= written_before < 600, "the consumer must be killed mid-stream"
+    assert 100 <= written_before < TOTAL, "the consumer must be killed mid-stream"
     second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait("every row to be written and acknowledged", lambda: _pushed(w).num_rows >= 600 and acked_all(names))
+        _wait("every row to be written and acknowledged", lambda: _pushed(w).num_rows >= TOTAL and acked_all(names))
     finally:
         second.send_signal(signal.SIGTERM)
         output, _ = second.communicate(timeout=60)
     assert second.returncode == 0, output
     rows = _pushed(w)
     ids = rows.column("event_id").to_pylist()
-    assert len(ids) == 600 and set(ids) == {g["event_id"] for g in good}  # nothing lost, nothing twice
+    assert len(ids) == TOTAL and set(ids) == {g["event_id"] for g in good}  # nothing lost, nothing twice
     dead = stored(names.dead_stream)
     reasons = {m.headers["Falaj-Dead-Letter-Reason"] for m in dead}
     assert len(dead) == 3
@@ -149,4 +153,4 @@ def test_a_killed_stream_consumer_loses_nothing_and_duplicates_nothing(world_sql
             .select_from(Operation)
             .where(Operation.kind == "feature_view.push", Operation.outcome == "succeeded")
         )
-    assert pushes is not None and pushes >= 600 // 25
+    assert pushes is not None and pushes >= TOTAL // 10

@@ -565,3 +565,170 @@ def test_the_redis_online_store_serves_and_erases_through_the_control_plane(fs: 
         if keys:
             client.delete(*keys)
         client.close()
+
+
+def test_an_entity_dataset_is_governed_like_any_source(fs: World) -> None:
+    """Entity rows from a registered dataset: its own consent filters its rows, its residency binds the run."""
+    assert fs.act("feature_view.materialize", {"name": "customer_stats", "mode": "full"}, as_="svc").ok
+    labels = fs.settings.data_dir / "operator" / "outcomes.csv"
+    _write(
+        labels,
+        ["customer_id", "event_timestamp", "churned"],
+        [[c, (T0 + timedelta(days=2, hours=2)).isoformat(), 1] for c in ("c01", "c02", "c03", "x1")],
+    )
+    body = {
+        "name": "outcomes",
+        "classification": "personal",
+        "residency": "AE",
+        "legal_basis": "consent",
+        "uri": labels.as_uri(),
+        "subject_column": "customer_id",
+    }
+    assert fs.act("dataset.register", body, as_="dpo").ok
+    r = fs.act(
+        "feature.retrieve",
+        {"purpose": "training", "features": ["customer_stats:amount"], "entity_dataset": "outcomes"},
+        as_="eng",
+    )
+    assert r.ok, r.message()
+    # c03 withdrew and x1 never consented to training: their label rows are not used.
+    assert [d["customer_id"] for d in r.data["data"]] == ["c01", "c02"] and r.data["excluded_rows"] == 2
+    # Training in Bahrain from these labels leaves the UAE with personal data: denied, naming the dataset.
+    assert fs.act(
+        "backend.register", {"name": "cpu-bh", "kind": "compute", "plugin": "recording-compute", "region": "me-south-1"}
+    ).ok
+    assert fs.act("feature_service.apply", {"name": "churn2", "features": ["customer_stats:amount"]}, as_="eng").ok
+    denied = fs.act(
+        "training.submit",
+        {"name": "bh", "backend": "cpu-bh", "features": {"feature_service": "churn2", "entity_dataset": "outcomes"}},
+        as_="eng",
+    )
+    assert denied.outcome == "denied" and "outcomes" in denied.message()
+
+
+def test_exports_and_training_copies_are_erased_too(fs: World) -> None:
+    from tests.conftest import RecordingCompute
+
+    assert fs.act("feature_view.materialize", {"name": "customer_stats", "mode": "full"}, as_="svc").ok
+    rows = [{"customer_id": f"c{c:02d}", "event_timestamp": (T0 + timedelta(days=2)).isoformat()} for c in range(6)]
+    out = fs.act(
+        "feature.retrieve",
+        {"purpose": "training", "features": ["customer_stats:amount"], "entity_rows": rows, "destination": "t1"},
+        as_="eng",
+    )
+    assert out.ok, out.message()
+    assert fs.act("feature_service.apply", {"name": "churn3", "features": ["customer_stats:amount"]}, as_="eng").ok
+    labels = fs.settings.data_dir / "operator" / "labels3.csv"
+    _write(labels, ["customer_id", "event_timestamp"], [[r["customer_id"], r["event_timestamp"]] for r in rows])
+    assert fs.act(
+        "dataset.register",
+        {"name": "labels3", "classification": "internal", "residency": "AE", "uri": labels.as_uri()},
+        as_="dpo",
+    ).ok
+    assert fs.act(
+        "backend.register", {"name": "cpu", "kind": "compute", "plugin": "recording-compute", "region": REGION}
+    ).ok
+    run = fs.act(
+        "training.submit",
+        {"name": "r", "backend": "cpu", "features": {"feature_service": "churn3", "entity_dataset": "labels3"}},
+        as_="eng",
+    )
+    assert run.ok, run.message()
+    training_csv = Path(RecordingCompute.jobs[-1]["inputs"][0]["uri"].removeprefix("file://"))
+    assert "c05" in training_csv.read_text()
+    request = fs.act("erasure.request", {"subject_id": "c05"}, as_="dpo")
+    done = fs.act("erasure.execute", {"request_id": request.data["request_id"]}, as_="dpo")
+    assert done.ok, done.message()
+    files = {f["file"].split("/")[-1]: f["rows_removed"] for f in done.data["feature_files"]}
+    assert files == {training_csv.name: 1, "features.parquet": 1}
+    assert "c05" not in training_csv.read_text()
+    import pyarrow.parquet as pq
+
+    assert "c05" not in pq.read_table(out.data["path"]).column("customer_id").to_pylist()
+
+
+def test_an_erased_subjects_redelivered_rows_stay_erased(fs: World) -> None:
+    """On a view whose source is not consent-based, a redelivered push of an erased subject's old row is dropped
+    (offline and online), while data about them from after the erasure is written."""
+    accounts = fs.settings.data_dir / "operator" / "accounts.csv"
+    _write(accounts, ["customer_id", "event_timestamp", "balance"], [["a1", T0.isoformat(), 5.0]])
+    body = {
+        "name": "accounts",
+        "classification": "personal",
+        "residency": "AE",
+        "legal_basis": "contract",
+        "uri": accounts.as_uri(),
+        "subject_column": "customer_id",
+    }
+    assert fs.act("dataset.register", body, as_="dpo").ok
+    view = {
+        "name": "balances",
+        "entities": ["customer"],
+        "features": [{"name": "balance", "dtype": "float64"}],
+        "source_dataset": "accounts",
+        "offline_store": "offline",
+        "online_store": "online",
+    }
+    assert fs.act("feature_view.apply", view, as_="eng").ok
+    before = datetime.now(UTC) - timedelta(minutes=1)
+    row = {"event_id": "b1", "customer_id": "a9", "event_ts": before.isoformat(), "balance": 9.0}
+    assert fs.act("feature_view.push", {"name": "balances", "rows": [row]}, as_="svc").ok
+    request = fs.act("erasure.request", {"subject_id": "a9"}, as_="dpo")
+    assert fs.act("erasure.execute", {"request_id": request.data["request_id"]}, as_="dpo").ok
+    again = fs.act("feature_view.push", {"name": "balances", "rows": [row]}, as_="svc")
+    assert again.ok and again.data["erased_rows_dropped"] == 1
+    answer = _online(fs, [{"customer_id": "a9"}], features=["balances"], purpose="analytics")
+    assert answer["results"][0]["status"]["balances"]["status"] == "not_found"
+    later = {**row, "event_id": "b2", "event_ts": datetime.now(UTC).isoformat(), "balance": 1.0}
+    fresh = fs.act("feature_view.push", {"name": "balances", "rows": [later]}, as_="svc")
+    assert fresh.ok and fresh.data["erased_rows_dropped"] == 0 and fresh.data["written"] == 1
+
+
+def test_online_reads_answer_bad_rows_with_statuses_not_errors(fs: World) -> None:
+    from falaj.core.errors import ValidationError
+
+    assert fs.act("feature_view.apply", {**VIEW, "ttl_seconds": None}, as_="eng").ok
+    assert fs.act("feature_view.materialize", {"name": "customer_stats", "mode": "full"}, as_="svc").ok
+    odfv = {
+        "name": "ratios",
+        "sources": ["customer_stats"],
+        "request_fields": [{"name": "basket", "dtype": "float64"}],
+        "outputs": [{"name": "share", "expr": "basket / (amount + 1)"}],
+    }
+    assert fs.act("feature_view.apply", odfv, as_="eng").ok
+    rows = [{"customer_id": "c01", "basket": "lots"}, "not a row", {"customer_id": 2**70, "basket": 1.0}]
+    answer = _online(fs, rows, features=["ratios"])  # type: ignore[arg-type]
+    assert [r["status"]["ratios"]["status"] for r in answer["results"]] == [
+        "invalid_request_field",
+        "invalid_key",
+        "invalid_key",
+    ]
+    assert fs.act("feature_view.apply", {**VIEW, "name": "customer_stats_copy"}, as_="eng").ok
+    with pytest.raises(ValidationError, match="full_feature_names"):
+        _online(fs, [{"customer_id": "c01"}], features=["customer_stats", "customer_stats_copy"])
+    both = _online(
+        fs, [{"customer_id": "c01"}], features=["customer_stats", "customer_stats_copy"], full_feature_names=True
+    )
+    assert set(both["results"][0]["values"]) >= {"customer_stats__amount", "customer_stats_copy__amount"}
+    future = fs.act(
+        "feature_view.materialize", {"name": "customer_stats", "end": "2099-01-01T00:00:00+00:00"}, as_="svc"
+    )
+    assert future.outcome == "failed" and "future" in future.error
+
+
+def test_residency_holds_for_every_region_a_retrieval_reaches() -> None:
+    from falaj.core.decision import CheckOutcome
+    from falaj.core.policy.bundle import load_bundle
+    from falaj.core.policy.engine import DataProfile, Facts, PolicyEngine, SourceData
+
+    engine = PolicyEngine(load_bundle())
+    data = DataProfile("personal", frozenset({"AE"}), ("customers v1",), frozenset({"consent"}),
+                       (SourceData("customers v1", "personal", "AE"),))  # fmt: skip
+    facts = Facts(kind="feature.retrieve", tenant="t", ruleset="uae-federal", roles=frozenset({"ml-engineer"}),
+                  target_region="me-central-1", data=data)  # fmt: skip
+    assert all(c.outcome is not CheckOutcome.FAIL for c in engine.checks(facts) if c.check == "residency")
+    from dataclasses import replace
+
+    both = replace(facts, other_regions=("eu-west-1",))
+    failed = [c for c in engine.checks(both) if c.check == "residency" and c.outcome is CheckOutcome.FAIL]
+    assert len(failed) == 1 and "eu-west-1" in failed[0].reason

@@ -199,7 +199,10 @@ def historical(
         payload["entity_dataset"] = entity_dataset
     if entities_text:
         text = Path(entities_text[1:]).read_text("utf-8") if entities_text.startswith("@") else entities_text
-        payload["entity_rows"] = json.loads(text)
+        try:
+            payload["entity_rows"] = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--entities") from exc
     if destination:
         payload["destination"] = destination
     _execute("feature.retrieve", tenant, token, payload, as_json)
@@ -257,12 +260,24 @@ def stream(
 
 
 @features.command("lineage")
+@tenant_option
+@token_option
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
-def lineage(limit: int) -> None:
-    """The latest OpenLineage run events written to the local file."""
+def lineage(tenant: str, token: str | None, limit: int) -> None:
+    """The tenant's latest OpenLineage run events (materializations, retrievals): needs `feature_view.read`."""
+    from falaj.core.errors import ReadDenied
+
     plane = _plane()
+    namespace = f"falaj://{tenant}"
     try:
-        events = plane.lineage.events()[-limit:]
+        events = plane.read(
+            _token(token),
+            tenant,
+            "feature_view",
+            lambda _s, _t: [e for e in plane.lineage.events() if e.get("job", {}).get("namespace") == namespace],
+        )[-limit:]
+    except ReadDenied as exc:
+        raise click.ClickException(f"denied ({exc.check}): {exc.reason}") from exc
     finally:
         plane.close()
     for e in events:

@@ -14,7 +14,7 @@ from falaj.api.rest.models import errors
 from falaj.api.rest.problems import ApiProblem
 from falaj.api.rest.reads import credential, governed_read
 from falaj.core.actions import FeatureRef, Name, Role
-from falaj.core.errors import NotFoundError, ReadDenied, ValidationError
+from falaj.core.errors import BackendError, NotFoundError, ReadDenied, ValidationError
 from falaj.core.features.online import MAX_ONLINE_KEYS
 
 
@@ -43,7 +43,7 @@ class OnlineRequest(BaseModel):
     "for the purpose), `invalid_key`, or `computed` for on-demand views. Allowed reads are not audited one by "
     "one; denied reads are.",
     status_code=200,
-    responses=errors(400, 401, 403, 404, 422),
+    responses=errors(400, 401, 403, 404, 422, 502),
 )
 async def read_online(
     request: Request[Any, Any, Any], tenant: FromPath[str], data: JSONBody[OnlineRequest]
@@ -74,6 +74,8 @@ async def read_online(
             raise ApiProblem(400, "invalid-request", str(exc)) from None
         except NotFoundError as exc:
             raise ApiProblem(404, "not-found", str(exc)) from None
+        except BackendError as exc:
+            raise ApiProblem(502, "backend", str(exc)) from None
 
     return await anyio.to_thread.run_sync(run)
 

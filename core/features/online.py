@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from falaj.core.domain import Backend
-from falaj.core.errors import ValidationError
+from falaj.core.errors import BackendError, ValidationError
 from falaj.core.features import registry as reg
 from falaj.core.handlers.base import TenantView
 from falaj.core.plugin.interfaces import FeatureViewDef
@@ -64,6 +65,7 @@ class _Plan:
     internal: tuple[_ViewPlan, ...]  # source views of on-demand views not asked for themselves
     consent_scoped: bool
     output: tuple[tuple[str, str], ...]  # (view, feature) in answer order
+    clashes: tuple[str, ...] = ()  # feature names two views share: only answerable with full names
     made: float = field(default_factory=time.monotonic)
 
 
@@ -170,7 +172,7 @@ class OnlineReader:
         else:
             selections = reg.parse_refs(session, tenant.id, list(refs))
         views: list[_ViewPlan] = []
-        internal: dict[str, _ViewPlan] = {}
+        internal: dict[tuple[str, int], _ViewPlan] = {}
         datasets = []
         for sel in selections:
             datasets += reg.source_datasets(session, sel.view)
@@ -181,10 +183,10 @@ class OnlineReader:
                 names = []
                 for src in sel.view.sources:
                     parent = reg.view_version(session, tenant.id, src["view"], src["version"])
-                    names.append(parent.name)
+                    names.append(_ref(parent.name, parent.version))
                     dtypes.update({f["name"]: f["dtype"] for f in parent.features})
-                    if parent.name not in internal:
-                        internal[parent.name] = self._stored(
+                    if (parent.name, parent.version) not in internal:
+                        internal[(parent.name, parent.version)] = self._stored(
                             session, parent, tenant, tuple(f["name"] for f in parent.features)
                         )
                 request = tuple(f["name"] for f in sel.view.transform.get("request_fields", []))
@@ -209,7 +211,9 @@ class OnlineReader:
                     raise ValidationError(f"feature view {sel.view.name!r} has no online store")
                 views.append(self._stored(session, sel.view, tenant, sel.features))
         output = tuple((v.name, f) for v in views for f in v.features)
-        return _Plan(tuple(views), tuple(internal.values()), reg.consent_scoped(self.plane, datasets), output)
+        plain = [f for _, f in output]
+        clashes = tuple(sorted({f for f in plain if plain.count(f) > 1}))
+        return _Plan(tuple(views), tuple(internal.values()), reg.consent_scoped(self.plane, datasets), output, clashes)
 
     def _stored(self, session: Session, view: Any, tenant: TenantView, features: tuple[str, ...]) -> _ViewPlan:
         backend = session.get(Backend, view.online_backend_id) if view.online_backend_id else None
@@ -237,13 +241,17 @@ class OnlineReader:
         full: bool,
         include_expired: bool = False,
     ) -> dict[str, Any]:
+        if plan.clashes and not full:
+            raise ValidationError(
+                f"features {list(plan.clashes)} come from more than one view: ask with full_feature_names"
+            )
         now = datetime.now(UTC)
         stored = [v for v in plan.views if v.vdef is not None]
-        fetched: dict[str, list[Any]] = {}  # view -> per entity: OnlineRow or a status string
+        fetched: dict[str, list[Any]] = {}  # "view@vN" -> per entity: OnlineRow or a status string
         for view in [*stored, *plan.internal]:
-            if view.name in fetched:
+            if _ref(view.name, view.version) in fetched:
                 continue
-            fetched[view.name] = self._fetch(view, entities)
+            fetched[_ref(view.name, view.version)] = self._fetch(view, entities)
         if plan.consent_scoped:
             assert session is not None
             subjects = {
@@ -268,12 +276,16 @@ class OnlineReader:
             status: dict[str, Any] = {}
             for view in plan.views:
                 if view.vdef is not None:
-                    values_i, status[view.name] = self._values(view, fetched[view.name][i], now, include_expired)
+                    values_i, status[view.name] = self._values(
+                        view, fetched[_ref(view.name, view.version)][i], now, include_expired
+                    )
                 else:
                     values_i, status[view.name] = self._on_demand(view, plan, fetched, i, entity, now)
                 for f in view.features:
                     values[f"{view.name}__{f}" if full else f] = values_i.get(f) if values_i else None
-            answers.append({"entity": dict(entity), "values": values, "status": status})
+            answers.append(
+                {"entity": dict(entity) if isinstance(entity, Mapping) else None, "values": values, "status": status}
+            )
         return {
             "purpose": purpose,
             "features": [f"{v}__{f}" if full else f for v, f in plan.output],
@@ -296,7 +308,12 @@ class OnlineReader:
                 keys.append(key)
                 where.append(i)
         if keys:
-            rows = view.store.read(view.vdef, keys, None)
+            try:
+                rows = view.store.read(view.vdef, keys, None)
+            except ValueError as exc:
+                raise ValidationError(f"online store of {view.name!r} refused the keys: {exc}") from exc
+            except Exception as exc:
+                raise BackendError(f"online store of {view.name!r} did not answer: {exc}") from exc
             position = view.vdef.key_names.index(view.subject_key) if view.subject_key else None
             for i, key, row in zip(where, keys, rows, strict=True):
                 if position is not None and row.values is not None and row.subject_id is None:
@@ -337,22 +354,31 @@ class OnlineReader:
 
         transform, request = view.transform
         columns: dict[str, Any] = {}
-        worst = "present"
-        sources = {v.name: v for v in [*plan.views, *plan.internal] if v.vdef is not None}
-        for name in view.sources:
-            src = sources[name]
-            values, info = self._values(src, fetched[name][i], now)
-            if info["status"] != "present":
-                worst = info["status"]
+        statuses: list[str] = []
+        sources = {_ref(v.name, v.version): v for v in [*plan.views, *plan.internal] if v.vdef is not None}
+        for ref in view.sources:
+            src = sources[ref]
+            values, info = self._values(src, fetched[ref][i], now)
+            statuses.append(info["status"])
             assert src.vdef is not None
             for f, dtype in src.vdef.features:
                 columns[f] = pa.array([values.get(f) if values else None], _arrow(dtype))
+        if not isinstance(entity, Mapping):
+            return None, {"status": "invalid_key"}
+        dtypes: dict[str, str] = dict(transform.inputs)
         for field_name in request:
             if field_name not in entity:
                 return None, {"status": "missing_request_field", "field": field_name}
-            columns[field_name] = pa.array([entity[field_name]])
-        if worst in ("withheld", "invalid_key"):
-            return None, {"status": worst}
+            try:
+                dtype = dtypes.get(field_name)
+                columns[field_name] = pa.array([entity[field_name]], _arrow(dtype) if dtype else None)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+                return None, {"status": "invalid_request_field", "field": field_name}
+        # The most telling status of the sources: a withheld or invalid one means no answer at all.
+        for blocking in ("withheld", "invalid_key"):
+            if blocking in statuses:
+                return None, {"status": blocking}
+        worst = next((s for s in ("not_found", "expired") if s in statuses), "present")
         out = transform.apply(columns).to_pylist()[0]
         return out, {"status": "computed" if worst == "present" else f"computed_from_{worst}"}
 
@@ -364,16 +390,38 @@ def _arrow(dtype: str) -> Any:
 
 
 def _key(vdef: FeatureViewDef, entity: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """The entity row's key in entity order, or None when it does not fit the join keys' types."""
     if not isinstance(entity, Mapping):
         return None
-    out = []
+    out: list[Any] = []
     for name, dtype in vdef.join_keys:
         value = entity.get(name)
-        types = _KEY_TYPES.get(dtype, (str,))
-        if value is None or not isinstance(value, types) or (dtype != "bool" and isinstance(value, bool)):
+        if value is None or (dtype != "bool" and isinstance(value, bool)):
+            return None
+        if dtype == "timestamp":
+            try:
+                ts = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            except ValueError:
+                return None
+            value = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+        elif not _fits(dtype, value):
             return None
         out.append(value)
     return tuple(out)
+
+
+def _fits(dtype: str, value: Any) -> bool:
+    if not isinstance(value, _KEY_TYPES.get(dtype, (str,))):
+        return False
+    if dtype == "int64":
+        return bool(-(2**63) <= value < 2**63)
+    if dtype == "float64":
+        return math.isfinite(value)
+    return True
+
+
+def _ref(name: str, version: int) -> str:
+    return f"{name}@v{version}"
 
 
 def _plain(value: Any) -> Any:

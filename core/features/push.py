@@ -76,6 +76,8 @@ def check_row(vdef: FeatureViewDef, view: FeatureView, record: Any, now: datetim
                 value = _timestamp(value)
             except ValueError as exc:
                 return None, f"{name!r}: {exc}"
+        elif dtype == "int64" and not -(2**63) <= value < 2**63:
+            return None, f"{name!r} is out of the int64 range"
         out[name] = float(value) if dtype == "float64" and isinstance(value, int | float) else value
     subject = None
     if view.subject_column:

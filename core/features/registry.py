@@ -139,6 +139,21 @@ def check_capability(plane: ControlPlane, row: Backend, capability: str) -> None
         )
 
 
+def current_source(session: Session, row: FeatureView) -> Dataset | None:
+    """The dataset a batch view reads now: the latest active version of the dataset it was defined on (a view
+    follows its source by name, so governance judges the version that is read, not the one first applied)."""
+    pinned = session.get(Dataset, row.source_dataset_id) if row.source_dataset_id else None
+    if pinned is None:
+        return None
+    latest_version: Dataset | None = session.scalar(
+        select(Dataset)
+        .where(Dataset.tenant_id == row.tenant_id, Dataset.name == pinned.name, Dataset.status == "active")
+        .order_by(Dataset.version.desc())
+        .limit(1)
+    )
+    return latest_version
+
+
 def source_datasets(session: Session, row: FeatureView, seen: set[str] | None = None) -> list[Dataset]:
     """The datasets a view's data comes from (through on-demand views' sources too)."""
     seen = seen if seen is not None else set()
@@ -147,7 +162,7 @@ def source_datasets(session: Session, row: FeatureView, seen: set[str] | None = 
     seen.add(row.id)
     out: list[Dataset] = []
     if row.source_dataset_id:
-        ds = session.get(Dataset, row.source_dataset_id)
+        ds = current_source(session, row)
         if ds is not None:
             out.append(ds)
     for src in row.sources:

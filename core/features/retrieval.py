@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from falaj.core.actions import FeatureRetrieve
+from falaj.core.domain import Dataset
 from falaj.core.errors import BackendError, ValidationError
 from falaj.core.features import registry as reg
 from falaj.core.features.arrow import to_utc
@@ -32,13 +33,17 @@ def selections_for(ctx: HandlerContext, feature_service: str | None, features: l
     return reg.parse_refs(ctx.session, ctx.tenant.id, features)
 
 
-def entity_table(ctx: HandlerContext, rows: list[dict[str, Any]] | None, dataset: str | None) -> pa.Table:
+def entity_table(
+    ctx: HandlerContext, rows: list[dict[str, Any]] | None, dataset: str | None
+) -> tuple[pa.Table, Dataset | None]:
+    """The entity rows, and the dataset they come from (it is governed like any source: the decision judged its
+    residency and consent, and ``join`` filters its rows by its own subject column)."""
     if rows is not None:
         if not rows:
             raise ValidationError("entity_rows is empty")
         try:
-            return pa.Table.from_pylist(rows)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            return pa.Table.from_pylist(rows), None
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
             raise ValidationError(f"entity_rows: the rows' values do not form columns of one type each: {exc}") from exc
     from falaj.core.features.sources import read_table, source_path
 
@@ -46,7 +51,7 @@ def entity_table(ctx: HandlerContext, rows: list[dict[str, Any]] | None, dataset
     ds = latest_dataset(ctx.session, ctx.tenant.id, dataset)
     if ds is None:
         raise ValidationError(f"no active dataset named {dataset!r} to take entity rows from")
-    return read_table(source_path(ds.uri, ctx.plane.settings.data_dir / ctx.tenant.slug, ds.digest))
+    return read_table(source_path(ds.uri, ctx.plane.settings.data_dir / ctx.tenant.slug, ds.digest)), ds
 
 
 def join(
@@ -57,6 +62,7 @@ def join(
     purpose: str,
     timestamp_column: str,
     full_feature_names: bool,
+    entity_source: Dataset | None = None,
 ) -> tuple[pa.Table, dict[str, Any]]:
     """The point-in-time join, consent-filtered: the result table and what was done (counts, views)."""
     if timestamp_column not in entities.column_names:
@@ -80,8 +86,24 @@ def join(
     datasets = [d for s in [*stored, *internal] for d in reg.source_datasets(ctx.session, s.view)]
     allowed: set[str] | None = None
     excluded_rows = 0
-    if reg.consent_scoped(ctx.plane, datasets):
+    if entity_source is not None and reg.consent_scoped(ctx.plane, [entity_source]):
+        # The entity rows are personal data of their own: only consenting subjects' rows are used.
+        column = entity_source.subject_column
+        if column is None or column not in entities.column_names:
+            raise ValidationError(
+                f"entity dataset {entity_source.name!r} rests on consent but names no subject column in its rows"
+            )
         allowed = reg.consented(ctx.session, ctx.tenant.id, purpose, datetime.now(UTC))
+        keep = pc.fill_null(
+            pc.is_in(pc.cast(entities.column(column), pa.string()), value_set=pa.array(sorted(allowed), pa.string())),
+            False,
+        )
+        excluded_rows += entities.num_rows - (pc.sum(keep).as_py() or 0)
+        entities = entities.filter(keep)
+    if reg.consent_scoped(ctx.plane, datasets):
+        allowed = (
+            allowed if allowed is not None else reg.consented(ctx.session, ctx.tenant.id, purpose, datetime.now(UTC))
+        )
         for sel in [*stored, *internal]:
             key = reg.subject_key(sel.view)
             if key is not None and key in entities.column_names:
@@ -130,7 +152,12 @@ def join(
     result = entities
     for name, column in zip(names, columns, strict=True):
         result = result.append_column(name, column)
+    subject_columns = sorted(
+        {c for c in [entity_source.subject_column if entity_source else None] if c}
+        | {k for sel in [*stored, *internal] if (k := reg.subject_key(sel.view))}
+    )
     info = {
+        "subject_columns": [c for c in subject_columns if c in result.column_names],
         "rows": result.num_rows,
         "excluded_rows": excluded_rows,
         "consent_filtered": allowed is not None,
@@ -186,7 +213,7 @@ def _run_stores(
 
 def historical(ctx: HandlerContext, p: FeatureRetrieve) -> tuple[dict[str, Any], list[str]]:
     selections = selections_for(ctx, p.feature_service, p.features)
-    entities = entity_table(ctx, p.entity_rows, p.entity_dataset)
+    entities, entity_source = entity_table(ctx, p.entity_rows, p.entity_dataset)
     table, info = join(
         ctx,
         selections,
@@ -194,6 +221,7 @@ def historical(ctx: HandlerContext, p: FeatureRetrieve) -> tuple[dict[str, Any],
         purpose=p.purpose,
         timestamp_column=p.timestamp_column,
         full_feature_names=p.full_feature_names,
+        entity_source=entity_source,
     )
     result: dict[str, Any] = {**info, "purpose": p.purpose, "columns": table.column_names}
     if p.destination:
@@ -201,6 +229,7 @@ def historical(ctx: HandlerContext, p: FeatureRetrieve) -> tuple[dict[str, Any],
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "features.parquet"
         write_parquet(table, path)
+        write_subjects_sidecar(path, info["subject_columns"])
         result["path"] = str(path)
     elif table.num_rows > 10_000:
         raise ValidationError(f"{table.num_rows} rows are too many to return inline: name a destination")
@@ -225,3 +254,44 @@ def _jsonable(table: pa.Table) -> list[dict[str, Any]]:
             elif isinstance(v, float) and v != v:  # NaN is not JSON
                 row[k] = None
     return rows
+
+
+def write_subjects_sidecar(path: Path, columns: list[str]) -> None:
+    """Beside a file of feature rows, which of its columns name data subjects: erasure reads it."""
+    import json
+
+    path.with_name(path.name + ".subjects.json").write_text(json.dumps({"subject_columns": columns}))
+
+
+def erase_from_files(root: Path, pattern: str, subject_id: str) -> list[dict[str, Any]]:
+    """Remove ``subject_id``'s rows from every feature file under ``root`` matching ``pattern`` that has a
+    subject sidecar (CSV training views, Parquet exports); returns what was removed where."""
+    import json
+
+    from falaj.core.datasets import erase_subject
+
+    out: list[dict[str, Any]] = []
+    for sidecar in sorted(root.glob(pattern + ".subjects.json")):
+        data = sidecar.with_name(sidecar.name.removesuffix(".subjects.json"))
+        if not data.is_file():
+            continue
+        columns = json.loads(sidecar.read_text()).get("subject_columns", [])
+        removed = 0
+        if data.suffix == ".csv":
+            for column in columns:
+                _, n = erase_subject(data.as_uri(), column, subject_id, root)
+                removed += n
+        elif data.suffix == ".parquet" and columns:
+            table = pq.read_table(data)
+            keep = pa.array([True] * table.num_rows)
+            for column in columns:
+                if column in table.column_names:
+                    hit = pc.fill_null(pc.equal(pc.cast(table.column(column), pa.string()), subject_id), False)
+                    keep = pc.and_(keep, pc.invert(hit))
+            kept = table.filter(keep)
+            removed = table.num_rows - kept.num_rows
+            if removed:
+                write_parquet(kept, data)
+        if removed:
+            out.append({"file": str(data.relative_to(root)), "rows_removed": removed})
+    return out

@@ -20,6 +20,9 @@ def source_path(uri: str | None, root: Path, expected_digest: str | None) -> Pat
     path = local_path(uri, root) if uri else None
     if path is None:
         raise ValidationError(f"the dataset's file {uri!r} is not a local file Falaj can read (file:// under {root})")
+    if any(c in str(path) for c in "*?[{"):
+        # DuckDB would read such a name as a pattern over other files (unchecked, unerased): never.
+        raise ValidationError(f"dataset file names may not contain * ? [ or {{: {path.name}")
     if not path.is_file():
         raise ValidationError(f"the dataset's file {path.name} is gone: register the dataset again")
     if expected_digest is not None and file_digest(path) != expected_digest:

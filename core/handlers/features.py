@@ -8,11 +8,12 @@ handlers that move data, so the kernel starts without the ``features`` extra.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from falaj.core.actions import (
     FeatureViewPush,
 )
 from falaj.core.datasets import file_digest
-from falaj.core.domain import Backend, Dataset, Entity, FeatureService, FeatureView, LineageEdge, Materialization
+from falaj.core.domain import Backend, Entity, FeatureService, FeatureView, LineageEdge, Materialization
 from falaj.core.errors import BackendError, CheckDenied, ConflictError, NotFoundError, ValidationError
 from falaj.core.features import registry as reg
 from falaj.core.handlers.base import HandlerContext, Outcome, handles, typed
@@ -37,7 +38,14 @@ from falaj.core.policy.facts import latest_dataset
 
 _AFTER_COMMIT = "falaj.after_commit"
 #: Rows per online write during materialization; progress is checkpointed after each chunk.
-CHUNK_ROWS = int(os.environ.get("FALAJ_MATERIALIZE_CHUNK_ROWS", "20000"))
+CHUNK_ROWS = 20_000
+
+
+def _chunk_rows() -> int:
+    raw = os.environ.get("FALAJ_MATERIALIZE_CHUNK_ROWS", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else CHUNK_ROWS
+
+
 #: Largest historical result returned inline (bigger ones need a destination).
 MAX_INLINE_RESULT_ROWS = 10_000
 
@@ -134,9 +142,13 @@ def apply_feature_view(ctx: HandlerContext) -> Outcome:
     entity_snapshot = [
         {"name": e.name, "version": e.version, "join_keys": e.join_keys, "subject": e.subject} for e in entities
     ]
-    subject_column = ds.subject_column
-    if subject_column is None:
-        subject_column = next((e.join_keys[0]["name"] for e in entities if e.subject), None)
+    subject_key = next((e.join_keys[0]["name"] for e in entities if e.subject), None)
+    subject_column = ds.subject_column or subject_key
+    if subject_key is not None and ds.subject_column is not None and ds.subject_column != subject_key:
+        raise ValidationError(
+            f"the source's subject column {ds.subject_column!r} must be the subject entity's key {subject_key!r}: "
+            "consent and erasure must find the same person in both"
+        )
     draft = FeatureView(
         tenant_id=ctx.tenant.id,
         name=p.name,
@@ -385,16 +397,23 @@ def _materialize(ctx: HandlerContext, p: FeatureViewMaterialize, row: FeatureVie
     import pyarrow as pa
 
     from falaj.core.features import quality
-    from falaj.core.features.arrow import conform
+    from falaj.core.features.arrow import conform, key_tuples
     from falaj.core.features.sources import read_table, source_path
 
-    # The view reads its source dataset by name: the latest active version now, whose schema must still fit.
-    pinned = ctx.session.get(Dataset, row.source_dataset_id) if row.source_dataset_id else None
-    ds = latest_dataset(ctx.session, ctx.tenant.id, pinned.name) if pinned is not None else None
+    # The view reads its source dataset by name: the latest active version now, whose schema must still fit
+    # (the decision judged that same version: registry.current_source).
+    ds = reg.current_source(ctx.session, row)
     if ds is None:
         raise ConflictError(f"the source dataset of {row.name!r} is retired or gone: apply the view to a new source")
-    if pinned is not None and ds.id != pinned.id:
-        _lineage_edge(ctx, ("dataset", ds.id), ("feature_view", row.id), "feeds")
+    if ds.id != row.source_dataset_id:
+        seen = ctx.session.scalar(
+            select(LineageEdge.id).where(
+                LineageEdge.source_id == ds.id, LineageEdge.target_id == row.id, LineageEdge.relation == "feeds"
+            )
+        )
+        if seen is None:
+            _lineage_edge(ctx, ("dataset", ds.id), ("feature_view", row.id), "feeds")
+    row.classification, row.residency = ds.classification, [ds.residency]
     vdef = reg.view_def(row, ctx.tenant.slug)
     offline = reg.store(ctx.plane, ctx.session, ctx.tenant.slug, row.offline_backend_id, "offline")
     online = (
@@ -404,6 +423,10 @@ def _materialize(ctx: HandlerContext, p: FeatureViewMaterialize, row: FeatureVie
     )
     now = datetime.now(UTC)
     end = _utc(p.end) or now
+    if end > now + timedelta(minutes=5):
+        raise ValidationError(
+            f"the window's end {end.isoformat()} is in the future: the watermark would pass data not yet seen"
+        )
     start = _utc(p.start) if p.start else (None if p.mode == "full" else _utc(row.watermark))
     if start is not None and start >= end:
         raise ValidationError(f"nothing to materialize: the window starts at {start.isoformat()}, after its end")
@@ -460,7 +483,7 @@ def _materialize(ctx: HandlerContext, p: FeatureViewMaterialize, row: FeatureVie
             "start": _iso(start),
             "allowed": reg.definition_digest(sorted(allowed)) if allowed is not None else None,
         }
-        done = 0
+        last_key: tuple[Any, ...] | None = None
         if checkpoint.exists():
             try:
                 saved = json.loads(checkpoint.read_text())
@@ -470,23 +493,29 @@ def _materialize(ctx: HandlerContext, p: FeatureViewMaterialize, row: FeatureVie
             # A run that named no end resumes the crashed one's window; one that named another end starts over.
             if same and (p.end is None or saved.get("end") == _iso(end)) and saved.get("end"):
                 end = datetime.fromisoformat(saved["end"])
-                done = int(saved.get("chunks_done", 0))
-                resumed_from = done
+                if saved.get("last_key") is not None:
+                    last_key = _decode_key(saved["last_key"])
+                    resumed_from = int(saved.get("chunks_done", 0))
         state["end"] = _iso(end)
         latest = offline.latest(vdef, start=start, end=end, allowed_subjects=allowed)
-        # Chunks must be the same in a resumed run: keys in a fixed order.
+        # Keys in a fixed order; a resumed run starts after the last key the crashed one wrote (by key, not by
+        # position: rows pushed or erased meanwhile cannot shift what counts as done).
         latest = latest.sort_by([(k, "ascending") for k in vdef.key_names])
         rows_latest = latest.num_rows
-        chunk = max(1, CHUNK_ROWS)
-        chunks = (latest.num_rows + chunk - 1) // chunk
+        keys = key_tuples(latest, vdef.key_names)
+        first = bisect.bisect_right(keys, last_key) if last_key is not None else 0
+        chunk = _chunk_rows()
+        chunks_done = resumed_from
         crash_after = os.environ.get("FALAJ_FAULT_MATERIALIZE_CRASH_AFTER_CHUNKS")  # fault injection (tests)
-        for i in range(done, chunks):
+        for at in range(first, latest.num_rows, chunk):
             try:
-                written += online.write(vdef, latest.slice(i * chunk, chunk))
+                written += online.write(vdef, latest.slice(at, chunk))
             except Exception as exc:
-                raise BackendError(f"online store write failed (chunk {i + 1} of {chunks}): {exc}") from exc
-            _save_json(checkpoint, {**state, "chunks_done": i + 1})
-            if crash_after is not None and i + 1 >= int(crash_after) and i + 1 < chunks:
+                raise BackendError(f"online store write failed (rows {at} to {at + chunk}): {exc}") from exc
+            chunks_done += 1
+            end_row = min(at + chunk, latest.num_rows) - 1
+            _save_json(checkpoint, {**state, "chunks_done": chunks_done, "last_key": _encode_key(keys[end_row])})
+            if crash_after is not None and chunks_done >= int(crash_after) and end_row + 1 < latest.num_rows:
                 os._exit(137)
         _after_commit(ctx, lambda: checkpoint.unlink(missing_ok=True))
     # The drift reference: the values serving will see (the latest per key that went online), or the source's
@@ -549,6 +578,14 @@ def _materialize(ctx: HandlerContext, p: FeatureViewMaterialize, row: FeatureVie
     )
 
 
+def _encode_key(key: tuple[Any, ...]) -> list[Any]:
+    return [{"ts": v.isoformat()} if isinstance(v, datetime) else v for v in key]
+
+
+def _decode_key(raw: list[Any]) -> tuple[Any, ...]:
+    return tuple(datetime.fromisoformat(v["ts"]) if isinstance(v, dict) else v for v in raw)
+
+
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -597,7 +634,15 @@ def push(ctx: HandlerContext) -> Outcome:
                 [f"{len(refused)} row subject(s) lack valid consent for {p.purpose!r}: their rows may not be stored"],
                 "consent.toml: legal basis consent = filter",
             )
-    result: dict[str, Any] = {"feature_view": row.name, "version": row.version, "rows": table.num_rows}
+    if p.to == "online" and not row.online_backend_id:
+        raise ValidationError(f"feature view {p.name!r} has no online store: push to 'offline' or 'both'")
+    table, dropped = _drop_erased(ctx, table)
+    result: dict[str, Any] = {
+        "feature_view": row.name,
+        "version": row.version,
+        "rows": table.num_rows,
+        "erased_rows_dropped": dropped,
+    }
     if p.to in ("offline", "both"):
         offline = reg.store(ctx.plane, ctx.session, ctx.tenant.slug, row.offline_backend_id, "offline")
         try:
@@ -612,6 +657,40 @@ def push(ctx: HandlerContext) -> Outcome:
         except Exception as exc:
             raise BackendError(f"online store refused the rows: {exc}") from exc
     return Outcome(result)
+
+
+def _drop_erased(ctx: HandlerContext, table: Any) -> tuple[Any, int]:
+    """Rows about subjects erased after the rows' event time are never written again (a redelivered message, a
+    late replay): erasure is final for the data it covered. Data about such a subject from after the erasure
+    (a new relationship) is written as usual, subject to consent."""
+    import pyarrow as pa
+
+    from falaj.core.datasets import subject_hash
+    from falaj.core.domain import ErasureRequest
+
+    subjects = {s for s in table.column("subject_id").to_pylist() if s is not None}
+    if not subjects:
+        return table, 0
+    hashes = {subject_hash(s): s for s in subjects}
+    erased: dict[str, datetime] = {}
+    for hashed, completed in ctx.session.execute(
+        select(ErasureRequest.subject_id, ErasureRequest.completed_at).where(
+            ErasureRequest.tenant_id == ctx.tenant.id,
+            ErasureRequest.status == "completed",
+            ErasureRequest.subject_id.in_(list(hashes)),
+        )
+    ):
+        subject = hashes[hashed]
+        if completed is not None and (subject not in erased or completed > erased[subject]):
+            erased[subject] = _utc(completed) or completed
+    if not erased:
+        return table, 0
+    keep = [
+        not (s in erased and ts <= erased[s])
+        for s, ts in zip(table.column("subject_id").to_pylist(), table.column("event_ts").to_pylist(), strict=True)
+    ]
+    kept = table.filter(pa.array(keep))
+    return kept, table.num_rows - kept.num_rows
 
 
 # -- historical retrieval ----------------------------------------------------------------------------------

@@ -139,11 +139,11 @@ def _feature_input(ctx: HandlerContext, p: TrainingSubmit, run: TrainingRun, vie
     """Training data from the feature store: a point-in-time join of the entity dataset (which holds the label)
     with the feature service, consent-filtered for the run's purpose, handed to the backend as a CSV view."""
     from falaj.core.features import registry as reg
-    from falaj.core.features.retrieval import entity_table, join, selections_for
+    from falaj.core.features.retrieval import entity_table, join, selections_for, write_subjects_sidecar
 
     assert p.features is not None
     selections = selections_for(ctx, p.features.feature_service, [])
-    entities = entity_table(ctx, None, p.features.entity_dataset)
+    entities, entity_source = entity_table(ctx, None, p.features.entity_dataset)
     table, info = join(
         ctx,
         selections,
@@ -151,6 +151,7 @@ def _feature_input(ctx: HandlerContext, p: TrainingSubmit, run: TrainingRun, vie
         purpose=p.purpose,
         timestamp_column=p.features.timestamp_column,
         full_feature_names=False,
+        entity_source=entity_source,
     )
     import pyarrow.csv as pacsv
 
@@ -158,7 +159,11 @@ def _feature_input(ctx: HandlerContext, p: TrainingSubmit, run: TrainingRun, vie
     view.parent.mkdir(parents=True, exist_ok=True)
     views.append(view)
     pacsv.write_csv(table, view)
+    write_subjects_sidecar(view, info["subject_columns"])
     seen: set[str] = set()
+    if entity_source is not None:  # the labels are training data too
+        seen.add(entity_source.id)
+        _edge(ctx, "dataset", entity_source.id, run.id, "trained_on")
     for sel in selections:
         for source in [
             sel.view,

@@ -23,6 +23,7 @@ from falaj.core.domain import (
     DatasetSubject,
     Deployment,
     ErasureRequest,
+    IdempotencyRecord,
     LineageEdge,
     ModelVersion,
     Objection,
@@ -195,6 +196,22 @@ def execute_erasure(ctx: HandlerContext) -> Outcome:
         for view in sorted(views.glob(f"*/{ds.name}-v{ds.version}.csv")):
             _, rows = erase_subject(view.as_uri(), ds.subject_column, subject, views)
             erased_views.append({"view": view.parent.name, "rows_removed": rows})
+    # Feature rows handed to training runs and exported by retrievals are copies too.
+    feature_files: list[dict[str, object]] = []
+    if views.is_dir() or (ctx.plane.settings.exports_dir / ctx.tenant.slug).is_dir():
+        from falaj.core.features.retrieval import erase_from_files
+
+        if views.is_dir():
+            feature_files += erase_from_files(views, "*/features-*.csv", subject)
+        exports = ctx.plane.settings.exports_dir / ctx.tenant.slug
+        if exports.is_dir():
+            feature_files += erase_from_files(exports, "*/features.parquet", subject)
+    # Stored answers of retrievals (idempotent replays) may hold the subject's rows inline: they go.
+    ctx.session.execute(
+        delete(IdempotencyRecord).where(
+            IdempotencyRecord.tenant == ctx.tenant.slug, IdempotencyRecord.kind == "feature.retrieve"
+        )
+    )
     for backend in ctx.session.scalars(
         select(Backend).where(
             Backend.tenant_id == ctx.tenant.id, Backend.kind == "feature_store", Backend.enabled.is_(True)
@@ -265,6 +282,7 @@ def execute_erasure(ctx: HandlerContext) -> Outcome:
         "datasets": erased_datasets,
         "feature_stores": erased_stores,
         "training_views": erased_views,
+        "feature_files": feature_files,
         "verified": True,
         "flagged_model_versions": flagged,
         "objections_pseudonymised": objections,

@@ -8,7 +8,7 @@ The control plane gathers the facts from its database (``falaj.core.policy.facts
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +32,8 @@ RESIDENCY_KINDS = frozenset(
     }
 )
 #: Action kinds that read personal data for a purpose.
-CONSENT_KINDS = frozenset({"training.submit", "feature.retrieve", "feature_view.materialize", "feature_view.push"})
+#: (Pushes are checked row by row by their handler: a stream's subjects need not be in the source dataset.)
+CONSENT_KINDS = frozenset({"training.submit", "feature.retrieve", "feature_view.materialize"})
 #: Action kinds that need the model versions they name to be signed by a trusted, unrevoked key.
 SIGNATURE_KINDS = frozenset({"deployment.request", "deployment.rollout", "deployment.promote", "approval.vote"})
 
@@ -114,6 +115,9 @@ class Facts:
     signatures: tuple[SignatureFacts, ...] | None = None
     approval: ApprovalFacts | None = None
     unknown: tuple[tuple[str, str], ...] = ()  # (what, value) the loader could not resolve
+    #: Further regions the data reaches besides ``target_region`` (a retrieval joining views whose stores sit in
+    #: several regions): residency must hold for each.
+    other_regions: tuple[str, ...] = ()
 
 
 class PolicyEngine:
@@ -139,6 +143,9 @@ class PolicyEngine:
             return out
         if facts.kind in RESIDENCY_KINDS and (facts.target_region is not None or facts.data is not None):
             out.append(self.residency(facts))
+            for region in facts.other_regions:
+                if region != facts.target_region:
+                    out.append(self.residency(replace(facts, target_region=region, other_regions=())))
         if facts.kind in CONSENT_KINDS and facts.consent is not None:
             out.append(self.consent(facts))
         if facts.signatures is not None:

@@ -115,6 +115,7 @@ class FactLoader:
         sources: list[Dataset] = []
         versions: list[tuple[str, ModelVersion | None]] = []
         deployment: Deployment | None = None
+        other_regions: tuple[str, ...] = ()
 
         if kind in (ActionKind.BACKEND_REGISTER,) and p.region not in bundle.regions:
             unknown.append(("region", p.region))
@@ -180,10 +181,14 @@ class FactLoader:
                     region = runtime.region
 
         elif kind in _FEATURE_KINDS:
-            region, found = self._feature_facts(session, tenant, kind, p, region, unknown)
+            regions, found = self._feature_facts(session, tenant, kind, p, unknown)
             sources.extend(found)
+            if region is None and regions:
+                region = regions[0]
+            other_regions = tuple(r for r in regions if r != region)
         if kind is ActionKind.TRAINING_SUBMIT and p.features is not None:
-            _, found = self._feature_facts(session, tenant, kind, p.features, region, unknown)
+            # The join happens in the control plane; the data then goes to the compute backend's region.
+            _, found = self._feature_facts(session, tenant, kind, p.features, unknown)
             sources.extend(d for d in found if d.id not in {s.id for s in sources})
 
         now = datetime.now(UTC)
@@ -235,20 +240,15 @@ class FactLoader:
             signatures=self._signatures(session, tenant, kind, versions) if kind.value in SIGNATURE_KINDS else None,
             approval=self._approval(session, tenant.id, principal, roles, kind, p, deployment, now),
             unknown=tuple(unknown),
+            other_regions=other_regions,
         )
 
     # -- pieces ----------------------------------------------------------------------------------------------
     def _feature_facts(
-        self,
-        session: Session,
-        tenant: TenantView,
-        kind: ActionKind,
-        p: Any,
-        region: str | None,
-        unknown: list[tuple[str, str]],
-    ) -> tuple[str | None, list[Dataset]]:
-        """Where a feature action's data comes from (datasets, through views) and where it goes (the view's
-        store region)."""
+        self, session: Session, tenant: TenantView, kind: ActionKind, p: Any, unknown: list[tuple[str, str]]
+    ) -> tuple[list[str], list[Dataset]]:
+        """Where a feature action's data comes from (datasets, through views, and an entity dataset) and every
+        region it reaches (the stores of every view involved, on-demand views' sources included)."""
         from falaj.core.errors import NotFoundError
         from falaj.core.features import registry as reg
 
@@ -271,20 +271,40 @@ class FactLoader:
                     views = [s.view for s in reg.service_selection(session, tenant.id, service)]
                 else:
                     views = [s.view for s in reg.parse_refs(session, tenant.id, p.features)]
+                entity_dataset = getattr(p, "entity_dataset", None)
+                if entity_dataset:
+                    ds = latest_dataset(session, tenant.id, entity_dataset)
+                    if ds is None:
+                        unknown.append(("dataset", entity_dataset))
+                    else:
+                        sources.append(ds)
         except NotFoundError as exc:
             unknown.append(("feature definition", str(exc)))
         except FalajError:
             pass  # a malformed reference is the handler's to explain
-        for view in views:
+        regions: list[str] = []
+        pending = list(views)
+        seen: set[str] = set()
+        while pending:
+            view = pending.pop(0)
+            if view.id in seen:
+                continue
+            seen.add(view.id)
             for ds in reg.source_datasets(session, view):
                 if ds.id not in {d.id for d in sources}:
                     sources.append(ds)
-            if region is None and kind is not ActionKind.TRAINING_SUBMIT:
-                backend_id = view.online_backend_id or view.offline_backend_id
+            for src in view.sources:  # an on-demand view reaches its sources' stores
+                try:
+                    pending.append(reg.view_version(session, tenant.id, src["view"], src["version"]))
+                except NotFoundError:
+                    unknown.append(("feature view", f"{src['view']} v{src['version']}"))
+            store_ids = [view.online_backend_id] if kind is ActionKind.FEATURE_VIEW_PUSH else []
+            store_ids += [view.online_backend_id, view.offline_backend_id]
+            for backend_id in store_ids:
                 backend = session.get(Backend, backend_id) if backend_id else None
-                if backend is not None:
-                    region = backend.region
-        return region, sources
+                if backend is not None and backend.region not in regions:
+                    regions.append(backend.region)
+        return regions, sources
 
     def _bases(
         self, session: Session, tenant_id: str, dataset: Dataset | None, now: datetime
