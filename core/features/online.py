@@ -370,8 +370,8 @@ class OnlineReader:
             if field_name not in entity:
                 return None, {"status": "missing_request_field", "field": field_name}
             try:
-                dtype = dtypes.get(field_name)
-                columns[field_name] = pa.array([entity[field_name]], _arrow(dtype) if dtype else None)
+                field_dtype = dtypes.get(field_name)
+                columns[field_name] = pa.array([entity[field_name]], _arrow(field_dtype) if field_dtype else None)
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
                 return None, {"status": "invalid_request_field", "field": field_name}
         # The most telling status of the sources: a withheld or invalid one means no answer at all.
@@ -413,9 +413,9 @@ def _key(vdef: FeatureViewDef, entity: Mapping[str, Any]) -> tuple[Any, ...] | N
 def _fits(dtype: str, value: Any) -> bool:
     if not isinstance(value, _KEY_TYPES.get(dtype, (str,))):
         return False
-    if dtype == "int64":
-        return bool(-(2**63) <= value < 2**63)
-    if dtype == "float64":
+    if dtype == "int64" and isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    if dtype == "float64" and isinstance(value, int | float):
         return math.isfinite(value)
     return True
 
