@@ -489,6 +489,7 @@ def create_app(plane: Any = None) -> Litestar:
 
             app.state.plane = ControlPlane.open()
             app.state.plane.start_checkpointer()
+            app.state.plane.lineage.warm()
             # What start-up built (modules, the policy bundle, plugins, mappers) lives as long as the server:
             # move it out of the collector's sight, so that full collections stay short under load.
             gc.collect()

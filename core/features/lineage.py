@@ -82,6 +82,15 @@ class LineageEmitter:
         except queue.Full:
             log.warning("OpenLineage queue full: %s event for %s dropped", state, job)
 
+    def warm(self) -> None:
+        """Load the OpenLineage client now, in the background (a server calls this at start-up): otherwise the
+        first event imports it while the first feature action runs, and the two share one interpreter."""
+        with self._lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._run, name="falaj-openlineage", daemon=True)
+                self._worker.start()
+        self._queue.put_nowait(None)
+
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until every queued event has been handed to the transport."""
         deadline = threading.Event()
@@ -100,8 +109,12 @@ class LineageEmitter:
         while True:
             item = self._queue.get()
             try:
-                if item is not None:
+                if item is None:
+                    self._get_client()
+                else:
                     self._send(**item)
+            except Exception as exc:  # a client that cannot be built: each event then logs why it was not sent
+                log.warning("OpenLineage client unavailable: %s", exc)
             finally:
                 self._queue.task_done()
 
