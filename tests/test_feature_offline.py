@@ -657,6 +657,37 @@ def test_concurrent_pushes_and_reads(tmp_path: Path) -> None:
     assert scanned.num_rows == 920 and pc.count_distinct(scanned.column("event_id")).as_py() == 920
 
 
+def test_concurrent_reads_of_one_view_do_not_collide(tmp_path: Path) -> None:
+    """Reads run side by side on one store (a shared DuckDB database): each query's views are its own."""
+    store = make_store(tmp_path)
+    view = make_view()
+    store.apply(view)
+    store.write_source(view, rows(*[(u, 0, 0.0, f"s{u}") for u in range(200)]), source_digest=DIGEST_A)
+    store.push(view, rows(*[(u, 1, 1.0, f"p{u}") for u in range(50)]))
+    store.compact(view)
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def read(kind: str) -> None:
+        try:
+            start.wait()
+            for _ in range(15):
+                if kind == "latest":
+                    assert store.latest(view).num_rows == 200
+                else:
+                    out = store.historical([(view, ["score"])], entities(*[(u, 100) for u in range(200)]))
+                    assert out.num_rows == 200
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read, args=(k,)) for k in ("latest", "latest", "historical", "historical")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
 # -- bad input ---------------------------------------------------------------------------------------------------------
 def test_bad_pushes_are_refused_and_leave_nothing(tmp_path: Path) -> None:
     store = make_store(tmp_path)

@@ -732,3 +732,41 @@ def test_residency_holds_for_every_region_a_retrieval_reaches() -> None:
     both = replace(facts, other_regions=("eu-west-1",))
     failed = [c for c in engine.checks(both) if c.check == "residency" and c.outcome is CheckOutcome.FAIL]
     assert len(failed) == 1 and "eu-west-1" in failed[0].reason
+
+
+def test_materializations_of_one_view_run_one_at_a_time(fs: World) -> None:
+    """Two at once (two threads; on PostgreSQL two transactions): the second waits for the first, so they never
+    share the checkpoint or race on the watermark."""
+    import threading
+
+    from sqlalchemy import select
+
+    from falaj.core.domain import Materialization
+
+    big = fs.settings.data_dir / "operator" / "big.csv"
+    _write(big, ["shop", "event_timestamp", "sales"], [[f"s{i}", T0.isoformat(), float(i)] for i in range(30_000)])
+    assert fs.act(
+        "dataset.register", {"name": "big", "classification": "internal", "residency": "AE", "uri": big.as_uri()},
+        as_="dpo",
+    ).ok  # fmt: skip
+    assert fs.act("entity.apply", {"name": "shop", "join_keys": [{"name": "shop", "dtype": "string"}]}, as_="eng").ok
+    view = {"name": "shop_sales", "entities": ["shop"], "features": [{"name": "sales", "dtype": "float64"}],
+            "source_dataset": "big", "offline_store": "offline", "online_store": "online"}  # fmt: skip
+    assert fs.act("feature_view.apply", view, as_="eng").ok
+    results: list[Any] = []
+    ready = threading.Barrier(2)
+
+    def run(who: str) -> None:
+        ready.wait()
+        results.append(fs.act("feature_view.materialize", {"name": "shop_sales", "mode": "full"}, as_=who))
+
+    # Two principals (one principal's actions already queue on its token's row).
+    threads = [threading.Thread(target=run, args=(who,)) for who in ("svc", "eng")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert [r.outcome for r in results] == ["succeeded", "succeeded"], [r.message() for r in results]
+    with fs.plane.sessions() as s:
+        spans = sorted((m.started_at, m.finished_at) for m in s.scalars(select(Materialization)))
+    assert len(spans) == 2 and spans[0][1] <= spans[1][0]  # the second started after the first finished

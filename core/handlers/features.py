@@ -368,6 +368,9 @@ def materialize(ctx: HandlerContext) -> Outcome:
     row = reg.latest_view(ctx.session, ctx.tenant.id, p.name)
     if row.kind != "batch":
         raise ValidationError(f"{p.name!r} is an on-demand view: it is computed at read time, not materialized")
+    # One materialization of a view at a time, across processes (a row lock on PostgreSQL; SQLite's writer lock
+    # already serializes actions): two would share the checkpoint and race on the watermark.
+    ctx.session.execute(select(FeatureView.id).where(FeatureView.id == row.id).with_for_update())
     emitter = ctx.plane.lineage
     namespace = f"falaj://{ctx.tenant.slug}"
     job = f"materialize.{row.name}"

@@ -411,11 +411,14 @@ def _register_rows(con: duckdb.DuckDBPyConnection, folder: _Folder, view: Featur
     # every name below is internal or a checked identifier (IDENTIFIER in online_sqlite)
     pushed = [f"SELECT {select} FROM log{n}"]  # noqa: S608
     if parts:
-        con.read_parquet([str(p) for _, _, p in parts]).create_view(f"parts{n}")
+        files = ", ".join(_sql_literal(str(p)) for _, _, p in parts)
+        con.execute(f"CREATE TEMP VIEW parts{n} AS SELECT * FROM read_parquet([{files}])")  # noqa: S608
         pushed.append(f"SELECT {select} FROM parts{n}")  # noqa: S608
     pushed_sql = " UNION ALL ".join(pushed)
     if source is not None:
-        con.read_parquet(str(source)).create_view(f"src{n}")
+        # TEMP views: each cursor's own (relation.create_view would put them in the shared catalog, where two
+        # concurrent reads of one view collide on the name).
+        con.execute(f"CREATE TEMP VIEW src{n} AS SELECT * FROM read_parquet({_sql_literal(str(source))})")  # noqa: S608
         pieces.append(f"SELECT {select} FROM src{n}")  # noqa: S608
         pieces.append(
             f"SELECT {plain} FROM ({pushed_sql}) p WHERE NOT EXISTS "  # noqa: S608
@@ -425,6 +428,11 @@ def _register_rows(con: duckdb.DuckDBPyConnection, folder: _Folder, view: Featur
         pieces.append(pushed_sql)
     con.execute(f"CREATE TEMP VIEW rows{n} AS " + " UNION ALL ".join(pieces))
     return f"rows{n}"
+
+
+def _sql_literal(text: str) -> str:
+    """A SQL string literal (the store's own file paths only)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _allowed_clause(con: duckdb.DuckDBPyConnection, allowed: list[str] | None) -> str:
