@@ -240,8 +240,10 @@ def historical(ctx: HandlerContext, p: FeatureRetrieve) -> tuple[dict[str, Any],
 
 
 def write_parquet(table: pa.Table, path: Path) -> None:
+    """Atomically; dictionary encoding only for strings (keys, categories), fast zstd."""
     tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp)
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
+    pq.write_table(table, tmp, compression="zstd", compression_level=1, use_dictionary=strings)
     tmp.replace(path)
 
 

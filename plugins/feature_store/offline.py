@@ -418,7 +418,12 @@ def _register_rows(con: duckdb.DuckDBPyConnection, folder: _Folder, view: Featur
     if source is not None:
         # TEMP views: each cursor's own (relation.create_view would put them in the shared catalog, where two
         # concurrent reads of one view collide on the name).
-        con.execute(f"CREATE TEMP VIEW src{n} AS SELECT * FROM read_parquet({_sql_literal(str(source))})")  # noqa: S608
+        prefix = _sql_literal(f"source:{source.stem[:16]}:")
+        con.execute(
+            f"CREATE TEMP VIEW src{n} AS SELECT * REPLACE (coalesce(event_id, {prefix} || "  # noqa: S608
+            f"CAST(file_row_number AS VARCHAR)) AS event_id) "
+            f"FROM read_parquet({_sql_literal(str(source))}, file_row_number = true)"
+        )
         pieces.append(f"SELECT {select} FROM src{n}")  # noqa: S608
         pieces.append(
             f"SELECT {plain} FROM ({pushed_sql}) p WHERE NOT EXISTS "  # noqa: S608
@@ -679,13 +684,9 @@ class ParquetOfflineStore(OfflineFeatureStore):
         data = _rows(view, table, "source rows")
         ids = data.column("event_id")
         if ids.null_count == data.num_rows:
-            # No ids in the source: made up from the row number, unique by construction.
-            made = pc.binary_join_element_wise(
-                pa.scalar(f"source:{hexdigest[:16]}:"),
-                pc.cast(pa.array(range(data.num_rows), pa.int64()), pa.string()),
-                "",
-            )
-            return data.set_column(data.schema.get_field_index("event_id"), "event_id", made)
+            # No ids in the source: left null in the file, and made up from the row number when it is read
+            # (`_register_rows`: unique by construction, and nothing to write or compress).
+            return data
         if ids.null_count:
             prefix = f"source:{hexdigest[:16]}:"
             filled = [v if v is not None else f"{prefix}{i}" for i, v in enumerate(ids.to_pylist())]
