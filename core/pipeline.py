@@ -61,6 +61,7 @@ from falaj.core.errors import (
 from falaj.core.features.lineage import LineageEmitter
 from falaj.core.features.online import OnlineReader
 from falaj.core.handlers import HANDLERS, PENDING_HANDLERS, HandlerContext, Outcome, PrincipalView, TenantView
+from falaj.core.handlers.base import AFTER_COMMIT
 from falaj.core.keys import AuditSigner, master_key
 from falaj.core.plugin import BackendConfig, CheckContext, PluginRegistry, create_plugin_manager
 from falaj.core.policy import Authorizer, PolicyBundle, load_bundle
@@ -74,7 +75,6 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 _FINAL_RUN_STATES = frozenset({"succeeded", "failed", "cancelled"})
 WAL_RESTART_PAGES = 20_000  # about 80 MB of write-ahead log
 log = logging.getLogger(__name__)
-_AFTER_COMMIT = "falaj.after_commit"
 #: Actions after which remembered read grants are forgotten at once.
 _IDENTITY_CHANGES = frozenset(
     {"token.revoke", "role.revoke", "role.assign", "principal.disable", "tenant.update", "policy.reload"}
@@ -419,7 +419,7 @@ class ControlPlane:
                 self.audit.discard_pending(session)
                 session.close()
                 raise
-            callbacks = session.info.pop(_AFTER_COMMIT, [])
+            callbacks = session.info.pop(AFTER_COMMIT, [])
             try:
                 self.audit.after_commit(session)
             finally:
@@ -644,7 +644,7 @@ class ControlPlane:
             # The handler found a reason to deny (e.g. failing data-quality expectations): a denial, audited
             # with each failure as a failed check; nothing the handler wrote survives.
             session.rollback()
-            session.info.pop(_AFTER_COMMIT, None)
+            session.info.pop(AFTER_COMMIT, None)
             failed = [CheckResult.failed(exc.check, reason, exc.rule) for reason in exc.reasons]
             result.decision = Decision.from_checks([*decision.checks, *failed], decision.bundle_digest)
             result.outcome = "denied"
@@ -653,7 +653,7 @@ class ControlPlane:
             # Roll the whole transaction back: nothing the handler wrote survives. The failure is then
             # recorded (operation and audit event) in a fresh transaction by _record.
             session.rollback()
-            session.info.pop(_AFTER_COMMIT, None)
+            session.info.pop(AFTER_COMMIT, None)
             result.outcome = "failed"
             result.error, result.error_type = _describe_failure(exc)
             if result.error_type == "internal":

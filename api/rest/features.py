@@ -3,6 +3,8 @@ and the lineage events of materializations and retrievals."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -12,9 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from falaj.api.rest.models import errors
 from falaj.api.rest.problems import ApiProblem
-from falaj.api.rest.reads import credential, governed_read
+from falaj.api.rest.reads import credential, governed_read, read_problems
 from falaj.core.actions import FeatureRef, Name, Role
-from falaj.core.errors import BackendError, NotFoundError, ReadDenied, ValidationError
+from falaj.core.errors import BackendError
 from falaj.core.features.online import MAX_ONLINE_KEYS
 
 
@@ -51,7 +53,7 @@ async def read_online(
     plane = request.app.state.plane
 
     def run() -> dict[str, Any]:
-        try:
+        with read_problems(tenant), _backend_problems():
             answer: dict[str, Any] = plane.features.read(
                 credential(request),
                 tenant,
@@ -62,20 +64,7 @@ async def read_online(
                 full_feature_names=data.full_feature_names,
                 include_expired=data.include_expired,
             )
-            return answer
-        except ReadDenied as exc:
-            extra = {"audit_seq": exc.audit_seq}
-            if exc.check == "authenticate":
-                raise ApiProblem(401, "unauthenticated", exc.reason, **extra) from None
-            if exc.check == "tenant" or "belongs to another tenant" in exc.reason:
-                raise ApiProblem(404, "not-found", f"no tenant {tenant!r} here", **extra) from None
-            raise ApiProblem(403, "forbidden", exc.reason, **extra) from None
-        except ValidationError as exc:
-            raise ApiProblem(400, "invalid-request", str(exc)) from None
-        except NotFoundError as exc:
-            raise ApiProblem(404, "not-found", str(exc)) from None
-        except BackendError as exc:
-            raise ApiProblem(502, "backend", str(exc)) from None
+        return answer
 
     return await anyio.to_thread.run_sync(run)
 
@@ -103,6 +92,14 @@ def lineage_events(
         return events[-limit:]
 
     return governed_read(request, tenant, "feature_view", query)  # type: ignore[no-any-return]
+
+
+@contextmanager
+def _backend_problems() -> Iterator[None]:
+    try:
+        yield
+    except BackendError as exc:
+        raise ApiProblem(502, "backend", str(exc)) from None
 
 
 FEATURE_ROUTES = [read_online, lineage_events]

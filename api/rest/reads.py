@@ -7,6 +7,8 @@ documented query parameters, so the OpenAPI schema names every filter and sort a
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -43,8 +45,16 @@ def governed_read(
 ) -> Any:
     """Authenticate, authorize ``<resource_type>.<verb>`` and run ``query(session, tenant_view)``."""
     plane = request.app.state.plane
-    try:
+    with read_problems(tenant):
         return plane.read(credential(request), tenant, resource_type, query, verb=verb)
+
+
+@contextmanager
+def read_problems(tenant: str) -> Iterator[None]:
+    """A governed read's failures as problem responses: denied (audited) 401/403/404, bad input 400, an unknown
+    item 404."""
+    try:
+        yield
     except ReadDenied as exc:
         extra = {"audit_seq": exc.audit_seq}
         if exc.check == "authenticate":

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
+from falaj.core.actions import TokenCredential
+from falaj.core.db import read_only
 from falaj.core.domain import Backend
 from falaj.core.errors import BackendError, ValidationError
 from falaj.core.features import registry as reg
@@ -142,8 +144,6 @@ class OnlineReader:
         full: bool,
         include_expired: bool,
     ) -> dict[str, Any]:
-        from falaj.core.db import read_only
-
         plan = self._plans.get((tenant.id, service, refs))
         if plan is not None and time.monotonic() - plan.made < PLAN_TTL_S and not plan.consent_scoped:
             return self._answer(None, tenant, plan, entities, purpose, full, include_expired)
@@ -434,8 +434,6 @@ def _plain(value: Any) -> Any:
 
 def _grant_key(credential: Any, tenant: str) -> tuple[str, str] | None:
     """Remember only bearer tokens (by digest): other credentials go through the full check every time."""
-    from falaj.core.actions import TokenCredential
-
     if isinstance(credential, TokenCredential) and isinstance(credential.token, str):
         return hashlib.sha256(credential.token.encode("utf-8", "surrogatepass")).hexdigest(), tenant
     return None

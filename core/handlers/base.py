@@ -79,6 +79,31 @@ class HandlerContext:
         return row
 
 
+#: ``session.info`` key of the callbacks the pipeline runs once the action's transaction has committed.
+AFTER_COMMIT = "falaj.after_commit"
+
+
+def after_commit(ctx: HandlerContext, callback: Callable[[], Any]) -> None:
+    """Run ``callback`` after the action commits (never if it rolls back); its failure is logged, not raised."""
+    ctx.session.info.setdefault(AFTER_COMMIT, []).append(callback)
+
+
+def add_lineage(ctx: HandlerContext, source: tuple[str, str], target: tuple[str, str], relation: str) -> None:
+    """Record that ``source`` (type, id) was used to produce ``target`` (type, id)."""
+    from falaj.core.domain import LineageEdge
+
+    ctx.session.add(
+        LineageEdge(
+            tenant_id=ctx.tenant.id,
+            source_type=source[0],
+            source_id=source[1],
+            target_type=target[0],
+            target_id=target[1],
+            relation=relation,
+        )
+    )
+
+
 @dataclass
 class Outcome:
     """What a handler produced. ``secret`` is shown once to the caller and never stored or audited."""

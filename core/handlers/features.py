@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import json
 import os
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,11 +31,10 @@ from falaj.core.datasets import file_digest
 from falaj.core.domain import Backend, Entity, FeatureService, FeatureView, LineageEdge, Materialization
 from falaj.core.errors import BackendError, CheckDenied, ConflictError, NotFoundError, ValidationError
 from falaj.core.features import registry as reg
-from falaj.core.handlers.base import HandlerContext, Outcome, handles, typed
+from falaj.core.handlers.base import HandlerContext, Outcome, add_lineage, after_commit, handles, typed
 from falaj.core.policy.engine import strictest
 from falaj.core.policy.facts import latest_dataset
 
-_AFTER_COMMIT = "falaj.after_commit"
 #: Rows per online write during materialization; progress is checkpointed after each chunk.
 CHUNK_ROWS = 20_000
 
@@ -50,10 +48,6 @@ def _chunk_rows() -> int:
 MAX_INLINE_RESULT_ROWS = 10_000
 
 
-def _after_commit(ctx: HandlerContext, callback: Callable[[], None]) -> None:
-    ctx.session.info.setdefault(_AFTER_COMMIT, []).append(callback)
-
-
 def _features_extra() -> None:
     try:
         import duckdb  # noqa: F401
@@ -64,17 +58,23 @@ def _features_extra() -> None:
         ) from exc
 
 
-def _lineage_edge(ctx: HandlerContext, source: tuple[str, str], target: tuple[str, str], relation: str) -> None:
-    ctx.session.add(
-        LineageEdge(
-            tenant_id=ctx.tenant.id,
-            source_type=source[0],
-            source_id=source[1],
-            target_type=target[0],
-            target_id=target[1],
-            relation=relation,
-        )
-    )
+def _current(ctx: HandlerContext, model: Any, name: str, digest: str, label: str) -> tuple[Any, Outcome | None]:
+    """The definition in force under ``name``, and the answer to give when ``digest`` is its digest already
+    (re-applying an identical definition changes nothing)."""
+    current = reg.latest(ctx.session, model, ctx.tenant.id, name)
+    if current is not None and current.digest == digest:
+        return current, Outcome({label: name, "version": current.version, "changed": False})
+    return current, None
+
+
+def _store_version(ctx: HandlerContext, row: Any, current: Any) -> None:
+    """Add the next version of a definition (the current view version, if any, is superseded); online reads in
+    this process plan afresh once the action has committed."""
+    if isinstance(current, FeatureView):
+        current.status = "superseded"
+    ctx.session.add(row)
+    ctx.session.flush()
+    after_commit(ctx, ctx.plane.features.invalidate)
 
 
 # -- definitions ------------------------------------------------------------------------------------------
@@ -88,9 +88,9 @@ def apply_entity(ctx: HandlerContext) -> Outcome:
         "description": p.description,
     }
     digest = reg.definition_digest(definition)
-    current: Entity | None = reg.latest(ctx.session, Entity, ctx.tenant.id, p.name)
-    if current is not None and current.digest == digest:
-        return Outcome({"entity": p.name, "version": current.version, "changed": False})
+    current, same = _current(ctx, Entity, p.name, digest, "entity")
+    if same is not None:
+        return same
     row = Entity(
         tenant_id=ctx.tenant.id,
         name=p.name,
@@ -165,8 +165,9 @@ def apply_feature_view(ctx: HandlerContext) -> Outcome:
         raise ValidationError(f"expectations: {exc}") from exc
     path = source_path(ds.uri, ctx.plane.settings.data_dir / ctx.tenant.slug, ds.digest)
     columns = _column_map(vdef, p.timestamp_field, p.created_timestamp_field)
-    differences = quality.check_schema(vdef, read_schema(path), columns)
-    if subject_column is not None and subject_column not in read_schema(path).names:
+    schema = read_schema(path)
+    differences = quality.check_schema(vdef, schema, columns)
+    if subject_column is not None and subject_column not in schema.names:
         differences.append(f"subject column {subject_column!r} is missing from the source")
     if differences:
         raise ValidationError(
@@ -188,9 +189,9 @@ def apply_feature_view(ctx: HandlerContext) -> Outcome:
         "owner": p.owner,
     }
     digest = reg.definition_digest(definition)
-    current: FeatureView | None = reg.latest(ctx.session, FeatureView, ctx.tenant.id, p.name)
-    if current is not None and current.digest == digest:
-        return Outcome({"feature_view": p.name, "version": current.version, "changed": False})
+    current, same = _current(ctx, FeatureView, p.name, digest, "feature_view")
+    if same is not None:
+        return same
     row = FeatureView(
         tenant_id=ctx.tenant.id,
         name=p.name,
@@ -213,11 +214,7 @@ def apply_feature_view(ctx: HandlerContext) -> Outcome:
         digest=digest,
         applied_by=ctx.principal.id,
     )
-    if current is not None:
-        current.status = "superseded"
-    ctx.session.add(row)
-    ctx.session.flush()
-    _after_commit(ctx, ctx.plane.features.invalidate)
+    _store_version(ctx, row, current)
     stored = reg.view_def(row, ctx.tenant.slug)
     for backend in (offline, online):
         if backend is None:
@@ -226,7 +223,7 @@ def apply_feature_view(ctx: HandlerContext) -> Outcome:
             ctx.plane.backend_instance(ctx.tenant.slug, backend).apply(stored)
         except Exception as exc:
             raise BackendError(f"feature store {backend.name!r} could not prepare the view: {exc}") from exc
-    _lineage_edge(ctx, ("dataset", ds.id), ("feature_view", row.id), "feeds")
+    add_lineage(ctx, ("dataset", ds.id), ("feature_view", row.id), "feeds")
     return Outcome(
         {
             "feature_view": p.name,
@@ -286,9 +283,9 @@ def _apply_on_demand(ctx: HandlerContext, p: FeatureViewApply) -> Outcome:
         "owner": p.owner,
     }
     digest = reg.definition_digest(definition)
-    current: FeatureView | None = reg.latest(ctx.session, FeatureView, ctx.tenant.id, p.name)
-    if current is not None and current.digest == digest:
-        return Outcome({"feature_view": p.name, "version": current.version, "changed": False})
+    current, same = _current(ctx, FeatureView, p.name, digest, "feature_view")
+    if same is not None:
+        return same
     row = FeatureView(
         tenant_id=ctx.tenant.id,
         name=p.name,
@@ -305,13 +302,9 @@ def _apply_on_demand(ctx: HandlerContext, p: FeatureViewApply) -> Outcome:
         digest=digest,
         applied_by=ctx.principal.id,
     )
-    if current is not None:
-        current.status = "superseded"
-    ctx.session.add(row)
-    ctx.session.flush()
-    _after_commit(ctx, ctx.plane.features.invalidate)
+    _store_version(ctx, row, current)
     for src in sources:
-        _lineage_edge(ctx, ("feature_view", src.id), ("feature_view", row.id), "derives")
+        add_lineage(ctx, ("feature_view", src.id), ("feature_view", row.id), "derives")
     return Outcome({"feature_view": p.name, "version": row.version, "changed": True, "kind": "on_demand"})
 
 
@@ -326,9 +319,9 @@ def apply_feature_service(ctx: HandlerContext) -> Outcome:
         raise ValidationError(f"features {dupes} come from more than one view: a service holds each name once")
     items = [{"view": s.view.name, "version": s.view.version, "features": list(s.features)} for s in selections]
     digest = reg.definition_digest({"features": items, "description": p.description, "owner": p.owner})
-    current: FeatureService | None = reg.latest(ctx.session, FeatureService, ctx.tenant.id, p.name)
-    if current is not None and current.digest == digest:
-        return Outcome({"feature_service": p.name, "version": current.version, "changed": False})
+    current, same = _current(ctx, FeatureService, p.name, digest, "feature_service")
+    if same is not None:
+        return same
     row = FeatureService(
         tenant_id=ctx.tenant.id,
         name=p.name,
@@ -339,9 +332,7 @@ def apply_feature_service(ctx: HandlerContext) -> Outcome:
         digest=digest,
         applied_by=ctx.principal.id,
     )
-    ctx.session.add(row)
-    ctx.session.flush()
-    _after_commit(ctx, ctx.plane.features.invalidate)
+    _store_version(ctx, row, current)
     return Outcome({"feature_service": p.name, "version": row.version, "changed": True, "features": items})
 
 
@@ -382,7 +373,7 @@ def materialize(ctx: HandlerContext) -> Outcome:
         emitter.emit("FAIL", run_id=ctx.operation_id, namespace=namespace, job=job, inputs=[ds_name], error=str(exc))
         raise
     outputs = [f"feature_view.{row.name}.v{row.version}"]
-    _after_commit(
+    after_commit(
         ctx,
         lambda: emitter.emit(
             "COMPLETE", run_id=ctx.operation_id, namespace=namespace, job=job, inputs=[ds_name], outputs=outputs
@@ -415,7 +406,7 @@ def _materialize(ctx: HandlerContext, p: FeatureViewMaterialize, row: FeatureVie
             )
         )
         if seen is None:
-            _lineage_edge(ctx, ("dataset", ds.id), ("feature_view", row.id), "feeds")
+            add_lineage(ctx, ("dataset", ds.id), ("feature_view", row.id), "feeds")
     row.classification, row.residency = ds.classification, [ds.residency]
     vdef = reg.view_def(row, ctx.tenant.slug)
     offline = reg.store(ctx.plane, ctx.session, ctx.tenant.slug, row.offline_backend_id, "offline")
@@ -446,17 +437,13 @@ def _materialize(ctx: HandlerContext, p: FeatureViewMaterialize, row: FeatureVie
             f"the dataset's file {path.name} changed since it was registered ({ds.digest}): "
             "register the new content as a new dataset version"
         )
-    differences = quality.check_schema(
-        vdef, source.schema, _column_map(vdef, row.timestamp_field or "", row.created_timestamp_field)
-    )
+    columns = _column_map(vdef, row.timestamp_field or "", row.created_timestamp_field)
+    differences = quality.check_schema(vdef, source.schema, columns)
     if row.subject_column and row.subject_column not in source.column_names:
         differences.append(f"subject column {row.subject_column!r} is missing from the source")
     if differences:
         raise CheckDenied("source-schema", differences, "the source no longer matches the feature view")
-    renamed = {
-        v: source.column(s)
-        for v, s in _column_map(vdef, row.timestamp_field or "", row.created_timestamp_field).items()
-    }
+    renamed = {v: source.column(s) for v, s in columns.items()}
     if row.subject_column:
         renamed["subject_id"] = source.column(row.subject_column).cast(pa.string())
     table = conform(vdef, pa.table(renamed))
@@ -520,7 +507,7 @@ def _materialize(ctx: HandlerContext, p: FeatureViewMaterialize, row: FeatureVie
             _save_json(checkpoint, {**state, "chunks_done": chunks_done, "last_key": _encode_key(keys[end_row])})
             if crash_after is not None and chunks_done >= int(crash_after) and end_row + 1 < latest.num_rows:
                 os._exit(137)
-        _after_commit(ctx, lambda: checkpoint.unlink(missing_ok=True))
+        after_commit(ctx, lambda: checkpoint.unlink(missing_ok=True))
     # The drift reference: the values serving will see (the latest per key that went online), or the source's
     # rows when the view has no online store.
     # Drift against the previous materialization of this view (any version): its profile is the reference.
@@ -714,7 +701,7 @@ def retrieve(ctx: HandlerContext) -> Outcome:
         emitter.emit("FAIL", run_id=ctx.operation_id, namespace=namespace, job=job, error=str(exc))
         raise
     outputs = [f"export.{p.destination}"] if p.destination else []
-    _after_commit(
+    after_commit(
         ctx,
         lambda: emitter.emit(
             "COMPLETE", run_id=ctx.operation_id, namespace=namespace, job=job, inputs=inputs, outputs=outputs

@@ -33,21 +33,14 @@ from falaj.core.domain import (
     ApprovalVote,
     Backend,
     Deployment,
-    LineageEdge,
     ModelSignature,
     SigningKey,
     TrainingRun,
 )
 from falaj.core.errors import BackendError, ConflictError, NotFoundError, ValidationError
-from falaj.core.handlers.base import HandlerContext, Outcome, handles, typed
+from falaj.core.handlers.base import HandlerContext, Outcome, add_lineage, after_commit, handles, typed
 from falaj.core.keys import master_key
 from falaj.core.policy.facts import consented_subjects, latest_dataset, model_version
-
-_AFTER_COMMIT = "falaj.after_commit"
-
-
-def _after_commit(ctx: HandlerContext, callback: Any) -> None:
-    ctx.session.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
 
 # -- training -----------------------------------------------------------------------------------------------
@@ -101,16 +94,7 @@ def _submit_training(ctx: HandlerContext, p: TrainingSubmit, views: list[Path]) 
         else:
             entry.update(uri=ds.uri, consent_filtered=False)
         inputs.append(entry)
-        ctx.session.add(
-            LineageEdge(
-                tenant_id=ctx.tenant.id,
-                source_type="dataset",
-                source_id=ds.id,
-                target_type="training_run",
-                target_id=run.id,
-                relation="trained_on",
-            )
-        )
+        add_lineage(ctx, ("dataset", ds.id), ("training_run", run.id), "trained_on")
     if p.features is not None:
         inputs.append(_feature_input(ctx, p, run, views))
     job = {
@@ -163,7 +147,7 @@ def _feature_input(ctx: HandlerContext, p: TrainingSubmit, run: TrainingRun, vie
     seen: set[str] = set()
     if entity_source is not None:  # the labels are training data too
         seen.add(entity_source.id)
-        _edge(ctx, "dataset", entity_source.id, run.id, "trained_on")
+        add_lineage(ctx, ("dataset", entity_source.id), ("training_run", run.id), "trained_on")
     for sel in selections:
         for source in [
             sel.view,
@@ -171,11 +155,11 @@ def _feature_input(ctx: HandlerContext, p: TrainingSubmit, run: TrainingRun, vie
         ]:
             if source.id not in seen:
                 seen.add(source.id)
-                _edge(ctx, "feature_view", source.id, run.id, "trained_on_features")
+                add_lineage(ctx, ("feature_view", source.id), ("training_run", run.id), "trained_on_features")
             for ds in reg.source_datasets(ctx.session, source):
                 if ds.id not in seen:
                     seen.add(ds.id)
-                    _edge(ctx, "dataset", ds.id, run.id, "trained_on")
+                    add_lineage(ctx, ("dataset", ds.id), ("training_run", run.id), "trained_on")
     return {
         "dataset": f"features:{p.features.feature_service}",
         "feature_service": p.features.feature_service,
@@ -185,19 +169,6 @@ def _feature_input(ctx: HandlerContext, p: TrainingSubmit, run: TrainingRun, vie
         "excluded_rows": info["excluded_rows"],
         "consent_filtered": info["consent_filtered"],
     }
-
-
-def _edge(ctx: HandlerContext, source_type: str, source_id: str, run_id: str, relation: str) -> None:
-    ctx.session.add(
-        LineageEdge(
-            tenant_id=ctx.tenant.id,
-            source_type=source_type,
-            source_id=source_id,
-            target_type="training_run",
-            target_id=run_id,
-            relation=relation,
-        )
-    )
 
 
 @handles(ActionKind.TRAINING_CANCEL)
@@ -403,7 +374,7 @@ def _rollout_later(ctx: HandlerContext, deployment: str, requester: str) -> None
             )
         )
 
-    _after_commit(ctx, rollout)
+    after_commit(ctx, rollout)
 
 
 def _execute_later(ctx: HandlerContext, kind: ActionKind, payload: dict[str, Any], requester: str) -> None:
@@ -412,7 +383,7 @@ def _execute_later(ctx: HandlerContext, kind: ActionKind, payload: dict[str, Any
     def run() -> None:
         plane.execute(Action(kind.value, tenant, PrincipalRef(requester), payload, {"source": "approval-quorum"}))
 
-    _after_commit(ctx, run)
+    after_commit(ctx, run)
 
 
 def _live(ctx: HandlerContext, name: str) -> Deployment:
